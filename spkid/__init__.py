@@ -1,0 +1,3 @@
+"""spkid: speaker recognition from raw audio to an error-rate report."""
+
+__version__ = "0.1.0"

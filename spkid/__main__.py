@@ -1,0 +1,3 @@
+from spkid.cli import main
+
+main()

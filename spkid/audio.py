@@ -1,0 +1,164 @@
+"""Audio I/O: read any format to float32, downmix, resample with an anti-aliasing polyphase filter, write FLAC/WAV.
+
+soundfile (libsndfile) reads WAV, FLAC, OGG/Vorbis, MP3, AIFF and NIST SPHERE (TIMIT's `.WAV`). Containers it
+cannot read (m4a, aac, mp4, opus, webm, wma) are decoded by an `ffmpeg` subprocess when one is on PATH.
+Every failure is a `SpkidError` naming the file.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from spkid.errors import SpkidError
+from spkid.streams import atomic_path
+
+FFMPEG_SUFFIXES = (".m4a", ".aac", ".mp4", ".opus", ".webm", ".wma", ".m4b", ".3gp", ".amr", ".mka", ".mkv")
+FORMATS = {"flac": ("FLAC", ".flac"), "wav": ("WAV", ".wav")}
+
+
+class AudioError(SpkidError):
+    """An audio file that cannot be read or written."""
+
+
+def read(path: str | Path) -> tuple[np.ndarray, int]:
+    """Decode `path` to float32 `(samples, channels)` in [-1, 1] and its sample rate (Hz)."""
+    path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, expected an audio file")
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.suffix.lower() in FFMPEG_SUFFIXES:
+        return _read_ffmpeg(path)
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except sf.LibsndfileError as e:
+        if path.stat().st_size == 0:
+            raise AudioError(f"{path}: empty file") from None
+        if shutil.which("ffmpeg") and path.suffix.lower() not in (".flac", ".wav", ".aiff", ".aif", ".sph"):
+            return _read_ffmpeg(path)
+        raise AudioError(f"{path}: cannot decode audio ({_short(e)})") from None
+    except (RuntimeError, ValueError, TypeError, MemoryError) as e:
+        raise AudioError(f"{path}: cannot decode audio ({_short(e)})") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: no samples")
+    return data, int(sr)
+
+
+def _short(e: Exception) -> str:
+    return str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+
+
+def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        raise AudioError(f"{path}: reading {path.suffix} needs ffmpeg on PATH (e.g. `apt-get install ffmpeg`)")
+    probe = subprocess.run(
+        [exe, "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True, text=True, errors="replace"
+    )
+    rate, channels = _parse_stream_info(probe.stderr)
+    if rate is None:
+        raise AudioError(f"{path}: ffmpeg found no audio stream ({_ffmpeg_reason(probe.stderr)})")
+    proc = subprocess.run(
+        [exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path), "-map", "0:a:0",
+         "-f", "f32le", "-acodec", "pcm_f32le", "-ac", str(channels), "-"],
+        capture_output=True,
+    )
+    if proc.returncode != 0:
+        raise AudioError(f"{path}: ffmpeg could not decode it ({_ffmpeg_reason(proc.stderr.decode(errors='replace'))})")
+    data = np.frombuffer(proc.stdout, dtype="<f4")
+    if data.size == 0:
+        raise AudioError(f"{path}: no samples")
+    return data.reshape(-1, channels).astype(np.float32, copy=False), rate
+
+
+def _parse_stream_info(text: str) -> tuple[int | None, int]:
+    import re
+
+    for line in text.splitlines():
+        if "Audio:" in line:
+            m = re.search(r"(\d+) Hz", line)
+            if not m:
+                continue
+            rate = int(m.group(1))
+            if "mono" in line:
+                ch = 1
+            elif "stereo" in line:
+                ch = 2
+            else:
+                c = re.search(r"(\d+) channels", line)
+                ch = int(c.group(1)) if c else 2
+                if "5.1" in line:
+                    ch = 6
+                elif "7.1" in line:
+                    ch = 8
+            return rate, ch
+    return None, 0
+
+
+def _ffmpeg_reason(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+def downmix(data: np.ndarray) -> np.ndarray:
+    """`(samples, channels)` -> mono `(samples,)` by averaging channels."""
+    return data[:, 0].copy() if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+
+
+def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Resample mono float32 with scipy's polyphase filter, anti-aliased at the lower Nyquist frequency.
+
+    The low-pass is a Kaiser-window FIR designed for 80 dB stopband attenuation with the transition band
+    from 90 % to 100 % of the lower Nyquist: everything above the new Nyquist is attenuated by at least 60 dB
+    (scipy's default filter leaves aliases near -25 dB just above it), and the band to 0.9 x Nyquist is flat.
+    """
+    if rate_in == rate_out:
+        return x
+    from scipy.signal import firwin, kaiserord, resample_poly
+
+    frac = Fraction(rate_out, rate_in)
+    up, down = frac.numerator, frac.denominator
+    max_rate = max(up, down)
+    numtaps, beta = kaiserord(80.0, 0.1 / max_rate)
+    numtaps |= 1
+    h = firwin(numtaps, 0.95 / max_rate, window=("kaiser", beta))
+    y = resample_poly(x.astype(np.float32, copy=False), up, down, window=h)
+    return y.astype(np.float32, copy=False)
+
+
+def load(path: str | Path, rate: int | None = None, mono: bool = True) -> tuple[np.ndarray, int]:
+    """Read, downmix and (when `rate` is given) resample: returns float32 `(samples,)` and the rate (Hz)."""
+    data, sr = read(path)
+    x = downmix(data) if mono else data
+    if rate is not None and sr != rate:
+        x = resample(x, sr, rate)
+        sr = rate
+    return x, sr
+
+
+def load_expected(path: str | Path, rate: int) -> np.ndarray:
+    """Read a file that must already be mono at `rate` (what `vad`, `features` and `embed` take).
+
+    Refuses stereo and other rates with a hint to run `spkid convert`, rather than guessing silently.
+    """
+    data, sr = read(path)
+    if data.shape[1] != 1:
+        raise AudioError(f"{path}: has {data.shape[1]} channels, expected mono; run `spkid convert` first")
+    if sr != rate:
+        raise AudioError(f"{path}: sample rate {sr} Hz, expected {rate} Hz; run `spkid convert --rate {rate}` first")
+    return data[:, 0]
+
+
+def write(path: str | Path, x: np.ndarray, rate: int, fmt: str = "flac") -> None:
+    """Write mono float32 as 16-bit PCM `fmt` (flac|wav), atomically (temp file renamed into place)."""
+    if fmt not in FORMATS:
+        raise SpkidError(f"unknown format {fmt!r}; choose flac or wav")
+    clipped = np.clip(x, -1.0, 32767 / 32768)
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), clipped, rate, format=FORMATS[fmt][0], subtype="PCM_16")

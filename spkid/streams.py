@@ -1,0 +1,340 @@
+"""The only module that touches stdin/stdout: audio lists, output lists, keyed `.npy` matrices, the TTY guard.
+
+Formats (DESIGN.md):
+- **list**: UTF-8 text, one `PATH` or `PATH<TAB>LABEL` a line; blank and `#` lines skipped; order kept.
+  The key of an entry is its path as written; without a label the speaker is the parent folder's name
+  (`label_depth=N` takes the N-th ancestor).
+- **keyed matrix**: two `.npy` records back to back: keys (unicode, shape `(N,)`), then float32 `(N, D)`.
+  Read with `read()` alone, so a real (non-seekable) pipe works.
+- **array**: one `.npy` record (`spkid vad` output), same pipe-safe reader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, BinaryIO
+
+import numpy as np
+
+from spkid.errors import SpkidError
+
+LIST_SUFFIXES = (".txt", ".lst", ".list", ".scp")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One list item: `path` as written (also its key) and its speaker `label` (None when unknown)."""
+
+    path: str
+    label: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.path
+
+
+def is_list_file(arg: str) -> bool:
+    return arg.lower().endswith(LIST_SUFFIXES)
+
+
+def label_from_path(path: str, depth: int = 1) -> str | None:
+    """The name of the `depth`-th ancestor folder of `path` (1 = parent), or None when there is none."""
+    parts = Path(path).parts[:-1]
+    if depth < 1 or len(parts) < depth:
+        return None
+    return parts[-depth]
+
+
+def parse_list(lines: Iterable[str], label_depth: int = 1, source: str = "list") -> list[Entry]:
+    """Parse list lines: `PATH` or `PATH<TAB>LABEL`; blank and `#` lines skipped, CRLF tolerated.
+
+    A path may contain spaces; only a TAB separates the label. A line with more than one TAB is an error.
+    """
+    entries = []
+    for n, raw in enumerate(lines, 1):
+        line = raw.rstrip("\r\n").rstrip("\r")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) > 2:
+            raise SpkidError(f"{source}:{n}: expected PATH or PATH<TAB>LABEL, found {len(fields)} tab-separated fields")
+        path = fields[0].strip()
+        label = fields[1].strip() if len(fields) == 2 and fields[1].strip() else None
+        if not path:
+            raise SpkidError(f"{source}:{n}: empty path")
+        entries.append(Entry(path, label if label is not None else label_from_path(path, label_depth)))
+    return entries
+
+
+def _read_text(stream: IO[bytes], source: str) -> str:
+    data = stream.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise SpkidError(f"{source}:{line}: not valid UTF-8 text (is it a list file?)") from None
+
+
+def read_list(args: Iterable[str] | str | None = None, label_depth: int = 1) -> list[Entry]:
+    """Entries from positional arguments: list files (`*.txt|*.lst|*.list|*.scp`), other files as themselves,
+    and `-` (or no argument at all) for a list on stdin."""
+    if args is None or isinstance(args, str):
+        args = [args] if args else []
+    args = list(args) or ["-"]
+    entries: list[Entry] = []
+    for arg in args:
+        if arg == "-":
+            if sys.stdin is None or sys.stdin.isatty():
+                raise SpkidError("no input: give files or a list file, or pipe a list on stdin")
+            text = _read_text(sys.stdin.buffer, "<stdin>")
+            entries += parse_list(text.splitlines(), label_depth, "<stdin>")
+        elif is_list_file(arg):
+            with open_input(arg) as f:
+                text = _read_text(f, arg)
+            entries += parse_list(text.splitlines(), label_depth, arg)
+        else:
+            entries.append(Entry(arg, label_from_path(arg, label_depth)))
+    return entries
+
+
+def format_list(entries: Iterable[Entry]) -> str:
+    return "".join(f"{e.path}\t{e.label}\n" if e.label is not None else f"{e.path}\n" for e in entries)
+
+
+def write_text(text: str, output: str | None = None) -> None:
+    """Write text to `output` atomically, or to stdout when `output` is None or `-`."""
+    if output and output != "-":
+        with atomic_write(output, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+def write_list(entries: Iterable[Entry], output: str | None = None) -> None:
+    write_text(format_list(entries), output)
+
+
+@contextlib.contextmanager
+def open_input(path: str) -> Iterator[BinaryIO]:
+    """Open a user's input file for binary reading (`-` is stdin), with one clear error for the usual mistakes."""
+    if path == "-":
+        yield sys.stdin.buffer
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise SpkidError(f"{path}: is a directory, expected a file")
+    try:
+        f = open(p, "rb")
+    except FileNotFoundError:
+        raise SpkidError(f"{path}: no such file") from None
+    except PermissionError:
+        raise SpkidError(f"{path}: permission denied") from None
+    with f:
+        yield f
+
+
+def _read_npy(stream: BinaryIO, source: str, what: str) -> np.ndarray | None:
+    """One `.npy` record from `stream`; None at a clean end of stream."""
+    magic = stream.read(6)
+    if not magic:
+        return None
+    if magic != b"\x93NUMPY":
+        raise SpkidError(f"{source}: not a .npy stream ({what}); expected output of a spkid command")
+    try:
+        version = stream.read(2)
+        if len(version) != 2:
+            raise ValueError("truncated header")
+        hlen_bytes = stream.read(2 if version[0] == 1 else 4)
+        header = magic + version + hlen_bytes
+        hlen = int.from_bytes(hlen_bytes, "little")
+        header += stream.read(hlen)
+        buf = io.BytesIO(header)
+        np.lib.format.read_magic(buf)
+        shape, fortran, dtype = (
+            np.lib.format.read_array_header_1_0(buf) if version[0] == 1 else np.lib.format.read_array_header_2_0(buf)
+        )
+        if dtype.hasobject:
+            raise SpkidError(f"{source}: {what} has object dtype; refusing to unpickle")
+        count = int(np.prod(shape, dtype=np.int64))
+        nbytes = count * dtype.itemsize
+        data = bytearray(nbytes)
+        view = memoryview(data)
+        got = 0
+        while got < nbytes:
+            chunk = stream.read(min(nbytes - got, 1 << 24))
+            if not chunk:
+                break
+            view[got : got + len(chunk)] = chunk
+            got += len(chunk)
+        if got != nbytes:
+            raise ValueError(f"truncated data ({got} of {nbytes} bytes)")
+        arr = np.frombuffer(data, dtype=dtype, count=count)
+        return arr.reshape(shape, order="F" if fortran else "C")
+    except SpkidError:
+        raise
+    except (ValueError, SyntaxError, TypeError, OverflowError, MemoryError) as e:
+        raise SpkidError(f"{source}: corrupt or truncated .npy ({what}): {e}") from None
+
+
+def read_array(src: str = "-") -> np.ndarray:
+    """One `.npy` array from a file or stdin (a real pipe works); object arrays are refused."""
+    with open_input(src) as f:
+        arr = _read_npy(f, _name(src), "array")
+    if arr is None:
+        raise SpkidError(f"{_name(src)}: empty input, expected a .npy array")
+    return arr
+
+
+def read_keyed(src: str | BinaryIO = "-") -> tuple[np.ndarray, np.ndarray]:
+    """A keyed matrix (keys `(N,)` unicode, values float32 `(N, D)`) from a path, `-` or a binary stream."""
+    if not isinstance(src, str):
+        return _read_keyed_stream(src, "<stream>")
+    with open_input(src) as f:
+        return _read_keyed_stream(f, _name(src))
+
+
+def _read_keyed_stream(f: BinaryIO, source: str) -> tuple[np.ndarray, np.ndarray]:
+    keys = _read_npy(f, source, "keys")
+    if keys is None:
+        raise SpkidError(f"{source}: empty input, expected a keyed matrix (keys then values .npy)")
+    values = _read_npy(f, source, "values")
+    if values is None:
+        raise SpkidError(f"{source}: keys without values; expected a keyed matrix (keys then values .npy)")
+    if keys.ndim != 1 or keys.dtype.kind != "U":
+        raise SpkidError(f"{source}: keyed matrix keys must be a 1-D unicode array, got {keys.dtype} {keys.shape}")
+    if values.ndim != 2 or values.shape[0] != keys.shape[0]:
+        raise SpkidError(f"{source}: keyed matrix values must be (N, D) with N={len(keys)}, got {values.shape}")
+    if values.dtype.kind != "f":
+        raise SpkidError(f"{source}: keyed matrix values must be floating point, got {values.dtype}")
+    values = values.astype(np.float32, copy=False)
+    if not np.isfinite(values).all():
+        bad = keys[~np.isfinite(values).all(axis=1)]
+        raise SpkidError(f"{source}: NaN or Inf values for {len(bad)} key(s), e.g. {bad[0]!r}")
+    return keys, values
+
+
+def _name(src: str) -> str:
+    return "<stdin>" if src == "-" else src
+
+
+def _binary_out(output: str | None) -> tuple[bool, str]:
+    to_stdout = not output or output == "-"
+    if to_stdout and sys.stdout.isatty():
+        raise SpkidError("refusing to write .npy to a terminal; redirect or use -o/--output FILE")
+    return to_stdout, output or "-"
+
+
+def write_array(arr: np.ndarray, output: str | None = None) -> None:
+    """One `.npy` record to `output` (atomically) or stdout; refuses a terminal."""
+    to_stdout, path = _binary_out(output)
+    if to_stdout:
+        np.lib.format.write_array(sys.stdout.buffer, np.asarray(arr), allow_pickle=False)
+        sys.stdout.buffer.flush()
+    else:
+        with atomic_write(path, "wb") as f:
+            np.lib.format.write_array(f, np.asarray(arr), allow_pickle=False)
+
+
+def write_keyed(keys: Iterable[str], values: np.ndarray, output: str | None = None) -> None:
+    """A keyed matrix (DESIGN.md) to `output` (atomically) or stdout; refuses a terminal."""
+    k = np.asarray(list(keys), dtype=str)
+    v = np.asarray(values, dtype=np.float32)
+    if v.ndim != 2 or v.shape[0] != k.shape[0]:
+        raise ValueError(f"values must be (N, D) with N={k.shape[0]}, got {v.shape}")
+    to_stdout, path = _binary_out(output)
+
+    def dump(f: BinaryIO) -> None:
+        np.lib.format.write_array(f, k, allow_pickle=False)
+        np.lib.format.write_array(f, v, allow_pickle=False)
+
+    if to_stdout:
+        dump(sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    else:
+        with atomic_write(path, "wb") as f:
+            dump(f)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Write `path` through a temp file in the same folder, renamed into place only on success.
+
+    On any exception (KeyboardInterrupt included) the temp file is removed and `path` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_path(path: str | os.PathLike) -> contextlib.AbstractContextManager[Path]:
+    """Like `atomic_write`, but yields a temp *path* (same folder, same suffix) for writers that want a filename."""
+    return _atomic_path(Path(path))
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """`I/N` (1-based I) -> (I-1, N); None passes through."""
+    if spec is None:
+        return None
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise SpkidError(f"--shard {spec!r}: expected I/N, e.g. 1/4") from None
+    if not (n >= 1 and 1 <= i <= n):
+        raise SpkidError(f"--shard {spec!r}: need 1 <= I <= N")
+    return i - 1, n
+
+
+def shard(entries: list, spec: str | None) -> list:
+    """Every N-th entry starting at I (1-based), so `--shard 1/N` ... `--shard N/N` cover the list once."""
+    s = parse_shard(spec)
+    return entries if s is None else entries[s[0] :: s[1]]
+
+
+def default_root(paths: Iterable[str]) -> Path:
+    """The deepest folder holding every path: output files keep their layout below it."""
+    parents = [str(Path(p).resolve().parent) for p in paths]
+    return Path(os.path.commonpath(parents)) if parents else Path.cwd()
+
+
+def output_path(src: str, out_dir: str | os.PathLike, root: str | os.PathLike, suffix: str) -> Path:
+    """Where a file made from `src` goes: `out_dir / (src relative to root)`, with `suffix` replacing the extension.
+
+    The extension is replaced case-insensitively, so TIMIT's `SA1.WAV` becomes `SA1.flac`.
+    """
+    try:
+        rel = Path(src).resolve().relative_to(Path(root).resolve())
+    except ValueError:
+        raise SpkidError(f"{src}: not under --root {root}") from None
+    return Path(out_dir) / rel.with_suffix(suffix)
