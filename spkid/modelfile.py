@@ -1,0 +1,110 @@
+"""Model files (DESIGN.md): `torch.save` of a plain dict, loaded with `weights_only=True` and `strict=True`.
+
+```
+{"format": "spkid-model/1",
+ "config": '<JSON: {"model": {"name": ..., "kwargs": {...}},
+                    "features": {<FeatureConfig fields>},
+                    "embedding": {"window_s": ..., "hop_s": ..., "min_s": ...},   # how embed cuts long audio
+                    "training": {<resolved training config and summary>},
+                    "calibration": {...} | absent}'>,
+ "state_dict": {...}}
+```
+The config says everything `embed` needs: which features to compute and which network to build, so no
+architecture flags are ever needed again. A file's sha256 identifies the model in galleries and embeddings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spkid.errors import SpkidError
+
+FORMAT = "spkid-model/1"
+
+
+@dataclass
+class ModelSpec:
+    """The JSON config of a model file."""
+
+    model: dict[str, Any]  # {"name": registry name, "kwargs": constructor keywords}
+    features: dict[str, Any]  # FeatureConfig fields
+    embedding: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
+
+    def to_json(self) -> str:
+        d = {"model": self.model, "features": self.features, "embedding": self.embedding, "training": self.training}
+        if self.calibration is not None:
+            d["calibration"] = self.calibration
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "model") -> ModelSpec:
+        try:
+            d = json.loads(text)
+        except (TypeError, json.JSONDecodeError) as e:
+            raise SpkidError(f"{source}: model config is not valid JSON ({e})") from None
+        if not isinstance(d, dict) or not {"model", "features"} <= d.keys():
+            raise SpkidError(f"{source}: model config lacks 'model' or 'features'")
+        unknown = d.keys() - {"model", "features", "embedding", "training", "calibration"}
+        if unknown:
+            raise SpkidError(f"{source}: unknown model config keys {sorted(unknown)}")
+        return cls(**d)
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save(path: str | Path, net, spec: ModelSpec) -> None:
+    """Write a model file atomically (a temp file renamed into place)."""
+    import torch
+
+    from spkid.streams import atomic_write
+
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    with atomic_write(path, "wb") as f:
+        torch.save({"format": FORMAT, "config": spec.to_json(), "state_dict": state}, f)
+
+
+def read(path: str | Path) -> tuple[ModelSpec, dict]:
+    """(spec, state_dict) of a model file, without building the network. Pickles are never executed."""
+    import torch
+
+    p = Path(path)
+    if p.is_dir():
+        raise SpkidError(f"{path}: is a directory, expected a model file")
+    if not p.exists():
+        raise SpkidError(f"{path}: no such model file")
+    try:
+        blob = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SpkidError(f"{path}: not a loadable spkid model file ({first[:200]})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
+        raise SpkidError(f"{path}: unknown model format {found!r}; this spkid reads {FORMAT!r}")
+    if not isinstance(blob.get("state_dict"), dict):
+        raise SpkidError(f"{path}: model file has no state_dict")
+    return ModelSpec.from_json(blob.get("config"), str(path)), blob["state_dict"]
+
+
+def load(path: str | Path, device: str = "cpu"):
+    """Build the network a model file describes and load its weights strictly; returns (net in eval mode, spec)."""
+    from spkid.models import build_model
+
+    spec, state = read(path)
+    net = build_model(spec.model["name"], **spec.model.get("kwargs", {}))
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise SpkidError(f"{path}: weights do not match architecture {spec.model['name']!r} ({str(e)[:200]})") from None
+    return net.to(device).eval(), spec
