@@ -10,7 +10,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test,plot]'
+	$(BIN)/python -m pip install -q -e '.[test,plot,pretrained]'
+	# resemblyzer's webrtcvad imports pkg_resources, gone from new setuptools; the wheels build does not
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps webrtcvad-wheels
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -10,7 +10,11 @@
  "state_dict": {...}}
 ```
 The config says everything `embed` needs: which features to compute and which network to build, so no
-architecture flags are ever needed again. A file's sha256 identifies the model in galleries and embeddings.
+architecture flags are ever needed again.
+
+A model's identity (`sha256`) is the hash of what decides its embeddings: the architecture, the feature and
+embedding configs and the weights. The calibration and training summary are left out, so calibrating a model
+(`spkid score --calibrate --model-out`) does not orphan the galleries and embeddings made with it.
 """
 
 from __future__ import annotations
@@ -57,10 +61,21 @@ class ModelSpec:
 
 
 def sha256(path: str | Path) -> str:
+    """The model's identity: sha256 of its architecture, feature and embedding configs and weights (hex)."""
+    spec, state = read(path)
+    return fingerprint(spec, state)
+
+
+def fingerprint(spec: ModelSpec, state: dict) -> str:
+    import torch
+
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    h.update(json.dumps({"model": spec.model, "features": spec.features, "embedding": spec.embedding},
+                        sort_keys=True).encode())
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

@@ -5,7 +5,10 @@ Formats (DESIGN.md):
   The key of an entry is its path as written; without a label the speaker is the parent folder's name
   (`label_depth=N` takes the N-th ancestor).
 - **keyed matrix**: two `.npy` records back to back: keys (unicode, shape `(N,)`), then float32 `(N, D)`.
-  Read with `read()` alone, so a real (non-seekable) pipe works.
+  Read with `read()` alone, so a real (non-seekable) pipe works. An embedding stream (`spkid embed`) adds an
+  optional third record, a 0-d unicode JSON `{"format": "spkid-embeddings/1", "model_sha256": ..., "model": ...,
+  "features": {...}, "embedding": {...}}`, so mismatched models are refused; streams joined with `cat` are read
+  as one (streams of different models are refused).
 - **array**: one `.npy` record (`spkid vad` output), same pipe-safe reader.
 """
 
@@ -13,11 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -193,34 +197,6 @@ def read_array(src: str = "-") -> np.ndarray:
     return arr
 
 
-def read_keyed(src: str | BinaryIO = "-") -> tuple[np.ndarray, np.ndarray]:
-    """A keyed matrix (keys `(N,)` unicode, values float32 `(N, D)`) from a path, `-` or a binary stream."""
-    if not isinstance(src, str):
-        return _read_keyed_stream(src, "<stream>")
-    with open_input(src) as f:
-        return _read_keyed_stream(f, _name(src))
-
-
-def _read_keyed_stream(f: BinaryIO, source: str) -> tuple[np.ndarray, np.ndarray]:
-    keys = _read_npy(f, source, "keys")
-    if keys is None:
-        raise SpkidError(f"{source}: empty input, expected a keyed matrix (keys then values .npy)")
-    values = _read_npy(f, source, "values")
-    if values is None:
-        raise SpkidError(f"{source}: keys without values; expected a keyed matrix (keys then values .npy)")
-    if keys.ndim != 1 or keys.dtype.kind != "U":
-        raise SpkidError(f"{source}: keyed matrix keys must be a 1-D unicode array, got {keys.dtype} {keys.shape}")
-    if values.ndim != 2 or values.shape[0] != keys.shape[0]:
-        raise SpkidError(f"{source}: keyed matrix values must be (N, D) with N={len(keys)}, got {values.shape}")
-    if values.dtype.kind != "f":
-        raise SpkidError(f"{source}: keyed matrix values must be floating point, got {values.dtype}")
-    values = values.astype(np.float32, copy=False)
-    if not np.isfinite(values).all():
-        bad = keys[~np.isfinite(values).all(axis=1)]
-        raise SpkidError(f"{source}: NaN or Inf values for {len(bad)} key(s), e.g. {bad[0]!r}")
-    return keys, values
-
-
 def _name(src: str) -> str:
     return "<stdin>" if src == "-" else src
 
@@ -243,17 +219,39 @@ def write_array(arr: np.ndarray, output: str | None = None) -> None:
             np.lib.format.write_array(f, np.asarray(arr), allow_pickle=False)
 
 
-def write_keyed(keys: Iterable[str], values: np.ndarray, output: str | None = None) -> None:
-    """A keyed matrix (DESIGN.md) to `output` (atomically) or stdout; refuses a terminal."""
+STREAM_FORMAT = "spkid-embeddings/1"
+
+
+@dataclass
+class Embeddings:
+    """A keyed embedding matrix and the model record that came with it (`meta`, {} when the stream had none)."""
+
+    keys: np.ndarray
+    values: np.ndarray
+    meta: dict = field(default_factory=dict)
+    source: str = "<stdin>"
+
+    @property
+    def model_sha256(self) -> str | None:
+        return self.meta.get("model_sha256")
+
+
+def write_embeddings(keys: Iterable[str], values: np.ndarray, meta: dict | None, output: str | None = None) -> None:
+    """Keys, values and (when `meta` is given) the model record, to `output` (atomically) or stdout."""
     k = np.asarray(list(keys), dtype=str)
+    if k.size == 0:
+        k = k.astype("<U1")
     v = np.asarray(values, dtype=np.float32)
     if v.ndim != 2 or v.shape[0] != k.shape[0]:
         raise ValueError(f"values must be (N, D) with N={k.shape[0]}, got {v.shape}")
+    records = [k, v]
+    if meta is not None:
+        records.append(np.array(json.dumps({"format": STREAM_FORMAT, **meta}, sort_keys=True)))
     to_stdout, path = _binary_out(output)
 
     def dump(f: BinaryIO) -> None:
-        np.lib.format.write_array(f, k, allow_pickle=False)
-        np.lib.format.write_array(f, v, allow_pickle=False)
+        for r in records:
+            np.lib.format.write_array(f, r, allow_pickle=False)
 
     if to_stdout:
         dump(sys.stdout.buffer)
@@ -263,15 +261,123 @@ def write_keyed(keys: Iterable[str], values: np.ndarray, output: str | None = No
             dump(f)
 
 
+def read_embeddings(src: str | BinaryIO = "-") -> Embeddings:
+    """A keyed matrix with its optional model record, from a path, `-` (a real pipe works) or a binary stream.
+
+    Concatenated streams are joined; streams of different models (or dimensions) are refused.
+    """
+    if not isinstance(src, str):
+        return _read_embeddings(src, "<stream>")
+    with open_input(src) as f:
+        if src == "-" and f.isatty():
+            raise SpkidError("no input: pipe embeddings (`spkid embed` output) or give a file")
+        return _read_embeddings(f, "<stdin>" if src == "-" else src)
+
+
+def _read_embeddings(f: BinaryIO, source: str) -> Embeddings:
+    keys_parts, value_parts, metas = [], [], []
+    pending = _read_npy(f, source, "keys")
+    if pending is None:
+        raise SpkidError(f"{source}: empty input, expected a keyed matrix (keys then values .npy)")
+    while pending is not None:
+        keys = pending
+        values = _read_npy(f, source, "values")
+        if values is None:
+            raise SpkidError(f"{source}: keys without values; expected a keyed matrix (keys then values .npy)")
+        k, v = _check_keyed(keys, values, source)
+        keys_parts.append(k)
+        value_parts.append(v)
+        pending = _read_npy(f, source, "keys")
+        meta: dict = {}
+        if pending is not None and pending.ndim == 0:
+            meta = _parse_meta(pending, source)
+            pending = _read_npy(f, source, "keys")
+        metas.append(meta)
+    shas = {m.get("model_sha256") for m in metas}
+    if len(shas) > 1:
+        raise SpkidError(f"{source}: joins embeddings of {len(shas)} different models "
+                         f"({', '.join(str(s)[:12] for s in shas)}); embed everything with one model")
+    dims = {v.shape[1] for v in value_parts}
+    if len(dims) > 1:
+        raise SpkidError(f"{source}: joins embeddings of dimensions {sorted(dims)}; embed everything with one model")
+    keys = np.concatenate(keys_parts) if len(keys_parts) > 1 else keys_parts[0]
+    values = np.concatenate(value_parts) if len(value_parts) > 1 else value_parts[0]
+    return Embeddings(keys, values, metas[0] if None not in shas else {}, source)
+
+
+def _parse_meta(arr: np.ndarray, source: str) -> dict:
+    if arr.dtype.kind != "U":
+        raise SpkidError(f"{source}: the record after the values is not a model record (0-d text)")
+    try:
+        meta = json.loads(str(arr))
+    except ValueError:
+        raise SpkidError(f"{source}: unreadable model record after the values") from None
+    if not isinstance(meta, dict) or meta.get("format") != STREAM_FORMAT:
+        raise SpkidError(f"{source}: unknown model record format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+    return meta
+
+
+def _check_keyed(keys: np.ndarray, values: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
+    if keys.ndim != 1 or keys.dtype.kind != "U":
+        raise SpkidError(f"{source}: keyed matrix keys must be a 1-D unicode array, got {keys.dtype} {keys.shape}")
+    if values.ndim != 2 or values.shape[0] != keys.shape[0]:
+        raise SpkidError(f"{source}: keyed matrix values must be (N, D) with N={len(keys)}, got {values.shape}")
+    if values.dtype.kind != "f":
+        raise SpkidError(f"{source}: keyed matrix values must be floating point, got {values.dtype}")
+    values = values.astype(np.float32, copy=False)
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        raise SpkidError(f"{source}: NaN or Inf values for {int((~finite).sum())} key(s), e.g. {keys[~finite][0]!r}")
+    return keys, values
+
+
+def stdin_is_npy() -> bool:
+    """Whether stdin starts with a `.npy` record (an embedding stream) rather than a text list; reads nothing."""
+    stream = sys.stdin.buffer if sys.stdin is not None else None
+    if stream is None or stream.isatty() or not hasattr(stream, "peek"):
+        return False
+    try:
+        return stream.peek(6)[:6] == b"\x93NUMPY"
+    except (OSError, ValueError):
+        return False
+
+
+def stdin_is_piped() -> bool:
+    """Whether stdin is a pipe or a redirected file holding data (not a terminal, not /dev/null); peeks only."""
+    import stat
+
+    stream = sys.stdin.buffer if sys.stdin is not None else None
+    if stream is None or stream.isatty() or not hasattr(stream, "peek"):
+        return False
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+        return (stat.S_ISFIFO(mode) or stat.S_ISREG(mode)) and bool(stream.peek(1))
+    except (OSError, ValueError):
+        return False
+
+
+def read_keyed(src: str | BinaryIO = "-") -> tuple[np.ndarray, np.ndarray]:
+    """A keyed matrix (keys `(N,)` unicode, values float32 `(N, D)`) from a path, `-` or a binary stream."""
+    e = read_embeddings(src)
+    return e.keys, e.values
+
+
+def write_keyed(keys: Iterable[str], values: np.ndarray, output: str | None = None) -> None:
+    """A keyed matrix (DESIGN.md) without a model record, to `output` (atomically) or stdout; refuses a terminal."""
+    write_embeddings(keys, values, None, output)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Write `path` through a temp file in the same folder, renamed into place only on success.
 
     On any exception (KeyboardInterrupt included) the temp file is removed and `path` is untouched.
+    The file gets the permissions a plain `open()` would give (mkstemp's are 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, _default_mode())
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
@@ -284,6 +390,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_path(path: str | os.PathLike) -> contextlib.AbstractContextManager[Path]:
     """Like `atomic_write`, but yields a temp *path* (same folder, same suffix) for writers that want a filename."""
     return _atomic_path(Path(path))
@@ -293,6 +405,7 @@ def atomic_path(path: str | os.PathLike) -> contextlib.AbstractContextManager[Pa
 def _atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.fchmod(fd, _default_mode())
     os.close(fd)
     try:
         yield Path(tmp)

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 from typer import Abort, Exit
-from typer._click.exceptions import ClickException, NoArgsIsHelpError
+from typer._click.exceptions import ClickException
 
 from spkid import __version__
 from spkid.cli import _common
@@ -57,11 +57,12 @@ def root(
 
 
 # Subcommands, in pipeline order (this is also the order of `spkid --help`).
-from spkid.cli import convert  # noqa: E402
+from spkid.cli import convert, embed, enroll, features, identify, score, train, vad, verify  # noqa: E402
 
-app.add_typer(convert.app)
-# (new subcommands: import and add_typer above this line, in pipeline order)
+for _module in (convert, vad, features, train, embed, enroll, verify, identify, score):
+    app.add_typer(_module.app)
 
+COMPLETE_VAR = "_SPKID_COMPLETE"
 COMMANDS = ("convert", "vad", "features", "train", "embed", "enroll", "verify", "identify", "score")
 
 
@@ -72,6 +73,10 @@ def _command_name(args: list[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     cmd = _common.STATE.command = _command_name(args)
+    if COMPLETE_VAR in os.environ:
+        from typer._completion_classes import completion_init  # registers bash/zsh/fish; typer does it only with add_completion
+
+        completion_init()
     prefix = f"spkid {cmd}: " if cmd else "spkid: "
     try:
         rv = app(args=args, prog_name="spkid", standalone_mode=False)

@@ -37,7 +37,7 @@ InputsArg = Annotated[
     typer.Argument(
         help="Audio/feature files, list files (*.txt *.lst *.list *.scp: PATH[<TAB>LABEL] a line), or - for a list on stdin (the default).",
         show_default=False,
-        metavar="[INPUT]...",
+        metavar="INPUT",
     ),
 ]
 OutDirOpt = Annotated[str, typer.Option("--out-dir", "-d", metavar="DIR", help="Folder for the written files (created; input layout kept below it).")]

@@ -1,0 +1,1 @@
+complete --command spkid --no-files --arguments "(env _SPKID_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) spkid)" --condition "env _SPKID_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) spkid"

@@ -1,0 +1,517 @@
+"""Train the VAD network shipped as spkid/data/vad.npz (torch here only; inference in spkid/vad.py is numpy).
+
+    python scripts/train_vad.py                  # seeded; ~15 min on 2 cores (2 data processes, 1 torch thread)
+    python scripts/train_vad.py --examples 400 --epochs 1 -o /tmp/vad.npz    # smoke run
+
+Data split (see bench/vad.py for the benchmark side; nothing the benchmark scores is trained on):
+- speech: librispeech_tc100 speakers NOT in the benchmark (the benchmark takes every 5th sorted speaker id);
+  of the rest, every 10th (sorted position % 10 == 3) is a development set used only for the printed dev scores.
+- real noise: the first 50 % of each noise clip for training, 50-60 % for dev (the benchmark uses 60-100 %);
+  dude_miaowing (a person making vocal sounds) is not used at all.
+- music and effects: the clips not in bench.HELD_OUT_MUSIC / HELD_OUT_EFFECTS; first 80 % for training, the
+  last 20 % for dev. The held-out clips are never read here.
+- synthetic non-speech for variety: harmonic "music" (notes with stable pitch, chords, bass, drums, vibrato),
+  tones, sweeps, click trains, coloured and amplitude-modulated noise; the real music is also played at other
+  speeds. Speech gets speed (0.9-1.1), gain, band-limiting and synthetic reverberation.
+Labels come from the dry speech with the benchmark's reference rule (35 dB below loud frames, pauses < 200 ms filled).
+"""
+
+from __future__ import annotations
+
+import os
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import argparse
+import importlib.util
+import json
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import fftconvolve, lfilter
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("bench_vad", REPO / "bench" / "vad.py")
+bench = importlib.util.module_from_spec(_spec)
+sys.modules["bench_vad"] = bench
+_spec.loader.exec_module(bench)
+
+from spkid.vad import Frontend  # noqa: E402
+
+SR = bench.SR
+HOP = bench.HOP
+EXAMPLE_S = 6.0
+TRAIN_NOISE = (0.0, 0.5)
+DEV_NOISE = (0.5, 0.6)
+TRAIN_CLIP = (0.0, 0.8)
+DEV_CLIP = (0.8, 1.0)
+DILATIONS = (1, 2, 4, 8, 16, 32)
+
+
+def split_speakers() -> tuple[list[str], list[str]]:
+    """(train, dev) speakers: never the benchmark's."""
+    held = set(bench.bench_speakers())
+    rest = [s for s in bench.all_speakers() if s not in held]
+    ordered = bench.all_speakers()
+    dev = [s for s in rest if ordered.index(s) % 10 == 3]
+    return [s for s in rest if s not in dev], dev
+
+
+def real_nonspeech(part: str) -> list[bench.Clip]:
+    """Training ('train') or dev ('dev') ranges of the real noise, music and effect clips not held out."""
+    nlo, nhi = TRAIN_NOISE if part == "train" else DEV_NOISE
+    clo, chi = TRAIN_CLIP if part == "train" else DEV_CLIP
+    out = [bench.Clip(n, "noise", bench.noise_part(bench.load(bench.DATA / "noise" / n), nlo, nhi))
+           for n in bench.NOISE_CLIPS]
+    for path in sorted((bench.DATA / "nonspeech").glob("*.flac")):
+        if path.name in bench.HELD_OUT_MUSIC or path.name in bench.HELD_OUT_EFFECTS:
+            continue
+        kind = "music" if path.name.startswith("music") else "effect"
+        out.append(bench.Clip(path.name, kind, bench.noise_part(bench.load(path), clo, chi)))
+    return out
+
+
+def midi_hz(m: np.ndarray | float) -> np.ndarray:
+    return 440.0 * 2 ** ((np.asarray(m) - 69) / 12)
+
+
+def instrument(rng: np.random.Generator) -> dict:
+    """A random timbre: harmonic amplitudes, envelope, vibrato, detune, FM, glide; one per voice of a piece."""
+    kind = rng.choice(["additive", "saw", "square", "fm", "pluck"])
+    k = np.arange(1, 41)
+    if kind == "saw":
+        amp = 1.0 / k
+    elif kind == "square":
+        amp = np.where(k % 2 == 1, 1.0 / k, 0.0)
+    else:
+        amp = 1.0 / k ** rng.uniform(0.5, 2.5)
+        if rng.random() < 0.3:
+            amp = amp * (1 + 3 * np.exp(-0.5 * ((k - rng.uniform(2, 10)) / rng.uniform(1, 3)) ** 2))  # a resonance
+    return {
+        "kind": kind,
+        "amp": amp * np.exp(-k / rng.uniform(4, 40)),  # brightness
+        "attack": rng.uniform(0.002, 0.1),
+        "decay": rng.uniform(2, 12) if kind == "pluck" else (rng.uniform(0.3, 6) if rng.random() < 0.5 else 0.0),
+        "vibrato": (rng.uniform(0.003, 0.03), rng.uniform(4, 7)) if rng.random() < 0.35 else None,
+        "detune": rng.uniform(0.002, 0.01) if rng.random() < 0.3 else 0.0,
+        "fm": (rng.choice([1.0, 2.0, 3.5, 0.5]), rng.uniform(0.5, 4)) if kind == "fm" else None,
+        "glide": rng.uniform(0.02, 0.12) if rng.random() < 0.25 else 0.0,
+    }
+
+
+def synth_note(rng: np.random.Generator, inst: dict, f0: float, n: int, prev_f0: float | None = None) -> np.ndarray:
+    """One note of `inst` at f0 Hz, n samples; glides from prev_f0 when the instrument has portamento.
+
+    A one-period wavetable read at the note's phase keeps this cheap.
+    """
+    t = np.arange(n) / SR
+    f = np.full(n, f0)
+    if inst["glide"] and prev_f0:
+        g = max(1, int(inst["glide"] * SR))
+        f[: min(g, n)] = np.geomspace(prev_f0, f0, g)[: min(g, n)]
+    if inst["vibrato"]:
+        depth, rate = inst["vibrato"]
+        f = f * (1 + depth * np.sin(2 * np.pi * rate * t + rng.uniform(0, 6.3)))
+    size = 2048
+    k = np.arange(1, int(max(1, min(40, 7000 // f0))) + 1)
+    theta = 2 * np.pi * np.arange(size) / size
+    table = (inst["amp"][: len(k), None] * np.sin(k[:, None] * theta + rng.uniform(0, 6.3, size=(len(k), 1)))).sum(axis=0)
+    pos = np.cumsum(f) * (size / SR)
+    if inst["fm"]:
+        ratio, index = inst["fm"]
+        x = np.sin(2 * np.pi * pos / size + index * np.exp(-t * 3) * np.sin(2 * np.pi * ratio * pos / size))
+    else:
+        x = table[pos.astype(np.int64) % size]
+    if inst["detune"]:
+        x = x + table[(pos * (1 + inst["detune"])).astype(np.int64) % size]
+    env = np.minimum(1.0, t / inst["attack"])
+    if inst["decay"]:
+        env = env * np.exp(-t * inst["decay"])
+    release = min(n, int(0.02 * SR))
+    env[n - release :] *= np.linspace(1, 0, release)
+    return x * env
+
+
+def synth_music(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Harmonic music: melody, chords and bass on a scale with their own instruments, drums, at a random tempo."""
+    beat = 60.0 / rng.uniform(70, 180)
+    root = rng.integers(40, 58)
+    scale = np.array([0, 2, 4, 5, 7, 9, 11] if rng.random() < 0.6 else [0, 2, 3, 5, 7, 8, 10])
+    out = np.zeros(n)
+    roles = ["melody"] + list(rng.choice(["chords", "bass", "melody", "arpeggio"], size=rng.integers(0, 4)))
+    for role in roles:
+        inst = instrument(rng)
+        octave = {"bass": -12, "chords": 12, "melody": 12 * rng.integers(1, 3), "arpeggio": 24}[role]
+        lengths = {"bass": [0.5, 1, 2], "chords": [2, 4], "melody": [0.25, 0.5, 0.5, 1, 1, 2], "arpeggio": [0.25]}[role]
+        pos, prev, degree = 0, None, int(rng.integers(0, 7))
+        voice = np.zeros(n)
+        while pos < n:
+            dur = min(int(beat * rng.choice(lengths) * SR), n - pos)
+            if dur <= 32:
+                break
+            if rng.random() < 0.9:
+                degree = int(np.clip(degree + rng.integers(-2, 3), 0, 13))
+                m = root + octave + scale[degree % 7] + 12 * (degree // 7)
+                chord = [m, m + 3 + rng.integers(0, 2), m + 7] if role == "chords" else [m]
+                for mm in chord:
+                    f0 = float(midi_hz(mm))
+                    voice[pos : pos + dur] += synth_note(rng, inst, f0, dur, prev)
+                prev = float(midi_hz(chord[0]))
+            pos += dur
+        out += voice / (np.abs(voice).max() + 1e-9) * rng.uniform(0.3, 1)
+    if rng.random() < 0.6:
+        out += synth_drums(rng, n, beat) * rng.uniform(0.2, 1.0)
+    if rng.random() < 0.4:
+        out = reverb(rng, out)
+    return out
+
+
+def synth_drums(rng: np.random.Generator, n: int, beat: float) -> np.ndarray:
+    out = np.zeros(n)
+    step = int(beat * SR / 2)
+    pattern = rng.integers(0, 4, size=8)  # 0 rest, 1 kick, 2 snare, 3 hat
+    for i, pos in enumerate(range(0, n, step)):
+        kind = pattern[i % 8]
+        ln = min(int(0.25 * SR), n - pos)
+        t = np.arange(ln) / SR
+        if kind == 1:
+            f = 50 + 100 * np.exp(-t * 30)
+            hit = np.sin(2 * np.pi * np.cumsum(f) / SR) * np.exp(-t * 12)
+        elif kind == 2:
+            hit = lfilter([1, -0.5], [1], rng.standard_normal(ln)) * np.exp(-t * 20) * 0.6
+        elif kind == 3:
+            hit = np.diff(rng.standard_normal(ln + 1)) * np.exp(-t * 60) * 0.3
+        else:
+            continue
+        out[pos : pos + ln] += hit
+    return out
+
+
+def coloured_noise(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Noise with a random spectral tilt (white to brown), optionally amplitude-modulated at 0.5-12 Hz."""
+    spec = np.fft.rfft(rng.standard_normal(n))
+    f = np.maximum(np.fft.rfftfreq(n, 1 / SR), 20.0)
+    spec *= f ** (-rng.uniform(0, 1.0))
+    x = np.fft.irfft(spec, n)
+    if rng.random() < 0.5:
+        t = np.arange(n) / SR
+        depth = rng.uniform(0.3, 1.0)
+        x *= 1 - depth / 2 + depth / 2 * np.sin(2 * np.pi * rng.uniform(0.5, 12) * t + rng.uniform(0, 6.3))
+    return x
+
+
+def synth_tones(rng: np.random.Generator, n: int) -> np.ndarray:
+    t = np.arange(n) / SR
+    kind = rng.integers(0, 3)
+    if kind == 0:  # steady tones / beeps
+        x = sum(np.sin(2 * np.pi * rng.uniform(100, 4000) * t + rng.uniform(0, 6.3)) for _ in range(rng.integers(1, 4)))
+        if rng.random() < 0.5:
+            x = x * (np.sin(2 * np.pi * rng.uniform(0.5, 6) * t) > 0)
+    elif kind == 1:  # sweeps
+        f = np.exp(np.interp(t, [0, t[-1]], np.log(rng.uniform(80, 6000, size=2))))
+        if rng.random() < 0.5:
+            f = rng.uniform(200, 3000) * (1 + rng.uniform(0.05, 0.5) * np.sin(2 * np.pi * rng.uniform(0.2, 3) * t))
+        x = np.sin(2 * np.pi * np.cumsum(f) / SR)
+    else:  # click trains
+        x = np.zeros(n)
+        rate = rng.uniform(1, 40)
+        idx = np.cumsum(rng.exponential(SR / rate, size=int(rate * n / SR) + 2)).astype(int)
+        x[idx[idx < n]] = rng.standard_normal(np.sum(idx < n))
+        x = lfilter([1], [1, -rng.uniform(0, 0.97)], x)
+    return x
+
+
+def vary_speed(rng: np.random.Generator, x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Change speed and pitch together by a factor in [lo, hi] (linear interpolation: cheap, good enough here)."""
+    f = rng.uniform(lo, hi)
+    pos = np.arange(0, len(x) - 1, f)
+    return np.interp(pos, np.arange(len(x)), x)
+
+
+def band_limit(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+    """Random first-order high-pass and/or low-pass (telephone, cheap microphones)."""
+    if rng.random() < 0.5:
+        a = np.exp(-2 * np.pi * rng.uniform(50, 400) / SR)
+        x = lfilter([1, -1], [1, -a], x)
+    if rng.random() < 0.5:
+        a = np.exp(-2 * np.pi * rng.uniform(2000, 7000) / SR)
+        x = lfilter([1 - a], [1, -a], x)
+    return x
+
+
+def reverb(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+    rt60 = rng.uniform(0.15, 0.9)
+    ln = int(rt60 * SR)
+    t = np.arange(ln) / SR
+    rir = rng.standard_normal(ln) * np.exp(-6.9 * t / rt60)
+    rir[0] = rng.uniform(1, 5) * np.abs(rir).max()
+    y = fftconvolve(x, rir)[: len(x)]
+    return y * (np.std(x) / (np.std(y) + 1e-9))
+
+
+class Pools:
+    def __init__(self, speakers: list[str], part: str) -> None:
+        self.speech = [bench.load(f) for s in speakers for f in bench.speaker_files(s)]
+        clips = real_nonspeech(part)
+        self.noise = [c.signal for c in clips if c.kind == "noise"]
+        self.music = [c.signal for c in clips if c.kind == "music"]
+        self.effect = [c.signal for c in clips if c.kind == "effect"]
+
+
+def background(rng: np.random.Generator, pools: Pools, n: int) -> np.ndarray:
+    """One non-speech signal of n samples, unit RMS."""
+    r = rng.random()
+    if r < 0.2:
+        x = bench.crop(rng, pools.noise[rng.integers(len(pools.noise))], n)
+    elif r < 0.5:
+        src = pools.music[rng.integers(len(pools.music))]
+        x = bench.crop(rng, src, int(n * 1.3) + 1)
+        if rng.random() < 0.6:
+            x = vary_speed(rng, x, 0.8, 1.25)
+        if rng.random() < 0.3:
+            x = x[::-1]
+        x = bench.crop(rng, x, n)
+    elif r < 0.6:
+        x = bench.crop(rng, pools.effect[rng.integers(len(pools.effect))], n)
+        if rng.random() < 0.5:
+            x = vary_speed(rng, bench.crop(rng, x, int(n * 1.3) + 1), 0.8, 1.25)[:n]
+    elif r < 0.85:
+        x = synth_music(rng, n)
+    elif r < 0.93:
+        x = coloured_noise(rng, n)
+    else:
+        x = synth_tones(rng, n)
+    if rng.random() < 0.3:
+        x = band_limit(rng, x)
+    return x / (np.sqrt(np.mean(x**2)) + 1e-9)
+
+
+def nonspeech(rng: np.random.Generator, pools: Pools, n: int) -> np.ndarray:
+    x = background(rng, pools, n)
+    if rng.random() < 0.3:
+        x = x + background(rng, pools, n) * 10 ** (rng.uniform(-15, 0) / 20)
+    return x
+
+
+def speech_session(rng: np.random.Generator, pools: Pools, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dry speech (utterances with random gaps), n samples, and its 10 ms reference labels."""
+    parts, labels, total = [], [], 0
+    first = True
+    while total < n + 2 * SR:
+        gap = int(rng.uniform(0.0, 2.5 if not first else 1.0) * 100) * HOP
+        first = False
+        parts.append(np.zeros(gap))
+        labels.append(np.zeros(gap // HOP, bool))
+        x = pools.speech[rng.integers(len(pools.speech))]
+        if rng.random() < 0.7:
+            x = vary_speed(rng, x, 0.9, 1.1)
+        x = x[: len(x) // HOP * HOP] * 10 ** (rng.uniform(-6, 6) / 20)
+        parts.append(x)
+        labels.append(bench.reference_labels(x))
+        total += gap + len(x)
+    x, lab = np.concatenate(parts), np.concatenate(labels)
+    off = rng.integers(0, (len(x) - n) // (2 * HOP) + 1) * 2 * HOP
+    return x[off : off + n], lab[off // HOP : (off + n) // HOP]
+
+
+def make_example(rng: np.random.Generator, pools: Pools, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(signal float32 (n,), labels bool (n // 160,))."""
+    r = rng.random()
+    if r < 0.3:
+        x, lab = nonspeech(rng, pools, n), np.zeros(n // HOP, bool)
+        if rng.random() < 0.05:
+            x = x * 1e-4
+    else:
+        x, lab = speech_session(rng, pools, n)
+        if rng.random() < 0.3:
+            x = band_limit(rng, x)
+        if rng.random() < 0.25:
+            x = reverb(rng, x)
+        if rng.random() < 0.9:
+            ref = lab if lab.any() else np.ones_like(lab)
+            x = bench.mix(x, ref, nonspeech(rng, pools, n), rng.uniform(-5, 25))
+        else:
+            x = x + rng.standard_normal(n) * 10 ** (rng.uniform(-90, -50) / 20)
+    x = x * (10 ** (rng.uniform(-45, -12) / 20) / (np.sqrt(np.mean(x**2)) + 1e-12))
+    return np.clip(x, -1, 1).astype(np.float32), lab
+
+
+def make_set(seed: int, count: int, speakers: list[str], part: str, fe: Frontend) -> tuple[np.ndarray, np.ndarray]:
+    """Features `(count, T, n_mels)` float32 and soft targets `(count, T)` for model frames."""
+    rng = np.random.default_rng(seed)
+    pools = Pools(speakers, part)
+    n = int(EXAMPLE_S * SR)
+    step = fe.hop // HOP
+    feats, targets = [], []
+    for _ in range(count):
+        x, lab = make_example(rng, pools, n)
+        feats.append(fe(x))
+        targets.append(lab.reshape(-1, step).mean(axis=1))
+    return np.stack(feats).astype(np.float32), np.stack(targets).astype(np.float32)
+
+
+def build_torch_model(n_in: int, channels: int):
+    import torch
+    from torch import nn
+
+    class TCN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv0 = nn.Conv1d(n_in, channels, 3, padding=1)
+            self.bn0 = nn.BatchNorm1d(channels)
+            self.convs = nn.ModuleList(nn.Conv1d(channels, channels, 3, padding=d, dilation=d) for d in DILATIONS)
+            self.bns = nn.ModuleList(nn.BatchNorm1d(channels) for _ in DILATIONS)
+            self.head = nn.Conv1d(channels, 1, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F, T) normalised -> (B, T) logits
+            h = torch.relu(self.bn0(self.conv0(x)))
+            for conv, bn in zip(self.convs, self.bns):
+                h = h + torch.relu(bn(conv(h)))
+            return self.head(h)[:, 0]
+
+    return TCN()
+
+
+def fold(conv, bn) -> tuple[np.ndarray, np.ndarray]:
+    """Conv1d + eval BatchNorm -> numpy (k, Cin, Cout) weight and (Cout,) bias."""
+    scale = (bn.weight / (bn.running_var + bn.eps).sqrt()).detach().numpy()
+    w = conv.weight.detach().numpy() * scale[:, None, None]
+    b = (conv.bias.detach().numpy() - bn.running_mean.numpy()) * scale + bn.bias.detach().numpy()
+    return np.ascontiguousarray(w.transpose(2, 1, 0)), b
+
+
+def export(model, mean: np.ndarray, std: np.ndarray, fe: Frontend, meta: dict, path: Path) -> None:
+    arrays = {"mean": mean.astype(np.float32), "std": std.astype(np.float32)}
+    arrays["conv0.w"], arrays["conv0.b"] = fold(model.conv0, model.bn0)
+    for i, (conv, bn) in enumerate(zip(model.convs, model.bns)):
+        arrays[f"block{i}.w"], arrays[f"block{i}.b"] = fold(conv, bn)
+    arrays["head.w"] = model.head.weight.detach().numpy()[:, :, 0].T.copy()
+    arrays["head.b"] = model.head.bias.detach().numpy()
+    meta = dict(meta, frontend={k: getattr(fe, k) for k in fe.__dataclass_fields__}, dilations=list(DILATIONS))
+    arrays = {k: v.astype(np.float32) for k, v in arrays.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **arrays)
+    os.replace(tmp, path)
+
+
+def check_export(model, path: Path, x, mean: np.ndarray, std: np.ndarray) -> None:
+    """The numpy network must give the torch network's probabilities (BatchNorm folding, layouts, padding)."""
+    import torch
+
+    from spkid import vad
+
+    with torch.no_grad():
+        want = torch.sigmoid(model(x)).numpy()
+    net = vad.VadModel(path)
+    raw = x.numpy().transpose(0, 2, 1) * std + mean
+    got = np.stack([net.forward(f.astype(np.float32)) for f in raw])
+    err = np.abs(got - want).max()
+    if err > 1e-3:
+        raise AssertionError(f"numpy and torch VAD disagree by {err}")
+
+
+def dev_report(path: Path, dev_speakers: list[str]) -> dict:
+    """Agreement per SNR and non-speech flagged on the dev speakers and dev ranges, with the exported numpy model."""
+    from spkid import vad
+
+    model = vad.VadModel(path)
+    cfg = vad.VadConfig()
+    clips = real_nonspeech("dev")
+    mixtures = bench.bench_mixtures(len(clips) * 3, seed=7, speakers=dev_speakers, sources=clips)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return bench.frames_from_segments(vad.segments(x, SR, cfg, model), len(x) // HOP)
+
+    table, _, _ = bench.score_mixtures(run, mixtures)
+    flagged, _, _ = bench.score_nonspeech(run, clips)
+    out = {f"agreement@{s}dB": round(table[(s, "all")]["agreement"], 4) for s in bench.SNRS}
+    for kind in ("noise", "music", "effect"):
+        out[f"max_flagged_{kind}"] = round(max(v for k, v in flagged.values() if k == kind), 4)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-o", "--output", type=Path, default=REPO / "spkid" / "data" / "vad.npz")
+    ap.add_argument("--examples", type=int, default=12000, help="6 s training examples to synthesise")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--channels", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    # one torch thread: on a shared 2-core machine two OpenMP threads spin-wait and run ~8x slower
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cache", type=Path, help="keep the synthesised features in this .npz and reuse them")
+    args = ap.parse_args()
+
+    t0 = time.time()
+    fe = Frontend()
+    train_spk, dev_spk = split_speakers()
+    tag = f"examples={args.examples} seed={args.seed} frontend={fe}"
+    if args.cache and args.cache.exists() and str(np.load(args.cache)["tag"]) == tag:
+        with np.load(args.cache) as z:
+            feats, targets = z["feats"], z["targets"]
+    else:
+        half = args.examples // 2
+        jobs = [(args.seed * 1000 + i, c, train_spk, "train", fe) for i, c in enumerate((half, args.examples - half))]
+        # fork before torch is imported: the workers inherit this module (and bench's) as they are
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            parts = pool.starmap(make_set, jobs)
+        feats = np.concatenate([p[0] for p in parts])
+        targets = np.concatenate([p[1] for p in parts])
+        if args.cache:
+            np.savez(args.cache, tag=np.array(tag), feats=feats, targets=targets)
+    import torch
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    print(f"data: {feats.shape} in {time.time() - t0:.0f} s; speech share {targets.mean():.2f}", file=sys.stderr)
+    mean = feats.reshape(-1, feats.shape[-1]).mean(axis=0)
+    std = feats.reshape(-1, feats.shape[-1]).std(axis=0) + 1e-3
+    x_all = torch.from_numpy(((feats - mean) / std).transpose(0, 2, 1).copy())
+    y_all = torch.from_numpy(targets)
+    del feats
+
+    model = build_torch_model(x_all.shape[1], args.channels)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    steps = args.epochs * (len(x_all) // args.batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(args.seed)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    step = 0
+    for epoch in range(args.epochs):
+        model.train()
+        order = torch.randperm(len(x_all), generator=gen)
+        total = 0.0
+        for i in range(len(x_all) // args.batch):
+            idx = order[i * args.batch : (i + 1) * args.batch]
+            loss = loss_fn(model(x_all[idx]), y_all[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            total += loss.item()
+        print(f"epoch {epoch + 1}/{args.epochs} loss {total / (i + 1):.4f} ({time.time() - t0:.0f} s)", file=sys.stderr)
+    model.eval()
+    meta = {
+        "format": "spkid-vad/1",
+        "trained_by": "scripts/train_vad.py",
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "final_loss": round(total / (i + 1), 4),
+        "train_speakers": len(train_spk),
+        "seconds": round(time.time() - t0),
+    }
+    export(model, mean, std, fe, meta, args.output)
+    check_export(model, args.output, x_all[:4], mean, std)
+    rep = dev_report(args.output, dev_spk)
+    print(json.dumps({"dev": rep, "seconds": round(time.time() - t0)}), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""`spkid enroll`: build or update a speaker gallery folder from audio (or from `spkid embed` output)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from spkid import streams
+from spkid.cli._common import InputsArg, JobsOpt, LabelDepthOpt, SkipBadOpt
+from spkid.cli.embed import (
+    BatchOpt,
+    DeviceOpt,
+    HopOpt,
+    ModelOpt,
+    NoVadOpt,
+    ThreadsOpt,
+    WindowOpt,
+    embeddings_source,
+    labels_for,
+    model_for_gallery,
+)
+from spkid.errors import SpkidError
+
+log = logging.getLogger("spkid.enroll")
+app = typer.Typer(rich_markup_mode=None)
+
+GalleryOpt = Annotated[str, typer.Option("--gallery", "-g", metavar="DIR", help="The gallery folder (created when missing).")]
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "".join("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() + "\n" for r in rows)
+
+
+@app.command()
+def enroll(
+    inputs: InputsArg = None,
+    gallery_dir: GalleryOpt = ...,
+    model: ModelOpt = None,
+    from_embeddings: Annotated[bool, typer.Option("--from-embeddings", help="The input is a keyed embedding matrix (`spkid embed` output), not a list; detected by itself on stdin.")] = False,
+    labels: Annotated[str | None, typer.Option("--labels", metavar="FILE", help="Speaker of each key: a list file of PATH<TAB>LABEL lines (default: the list's labels, or the key's folder).")] = None,
+    label_depth: LabelDepthOpt = 1,
+    aggregation: Annotated[Literal["mean", "all"] | None, typer.Option("--aggregation", help="New gallery: keep one mean embedding per speaker (mean, the default) or every enrolment embedding (all).")] = None,
+    remove: Annotated[list[str] | None, typer.Option("--remove", metavar="NAME", help="Remove this speaker (repeatable).")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="Print speakers, utterance counts and seconds of speech (after any change).")] = False,
+    threshold: Annotated[float | None, typer.Option("--threshold", metavar="SCORE", help="Store a decision threshold in the gallery (verify/identify use it when given none).")] = None,
+    window: WindowOpt = None,
+    hop: HopOpt = None,
+    no_vad: NoVadOpt = False,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = 0,
+    batch_size: BatchOpt = 64,
+    jobs: JobsOpt = 1,
+    skip_bad: SkipBadOpt = False,
+    wait: Annotated[float, typer.Option("--wait", min=0, metavar="SECONDS", help="How long to wait for another enroll holding the gallery's lock.")] = 600.0,
+) -> None:
+    """Add the listed utterances to the gallery DIR (one model per speaker), or remove or list speakers.
+
+    Labels come from the list (PATH<TAB>LABEL, or the parent folder; --label-depth) or from --labels. Audio is
+    embedded with --model (default: the model the gallery was built with, else the bundled one); embeddings
+    piped from `spkid embed` are used as they are (no torch). The gallery records the model's sha256, and
+    embeddings of another model are refused. The folder is rewritten atomically (a crash leaves the old or the
+    new gallery), and a lock file beside it makes concurrent enrolls queue, so none loses the other's speakers.
+    Warnings flag utterances with under 2 s of speech, clipping, near-silence or resampling.
+
+    \b
+    Examples:
+      spkid enroll enroll.txt -g enroll/ --model resemblyzer
+      spkid embed -m model.pt enroll.txt | spkid enroll -g enroll/
+      spkid enroll -g enroll/ --remove alice --list
+    """
+    from spkid import gallery
+
+    g_path = Path(gallery_dir)
+    # with --list/--remove/--threshold and no inputs, stdin is read only when something is piped in
+    editing_only = (inputs is None and bool(list_ or remove or threshold is not None) and not from_embeddings
+                    and not streams.stdin_is_piped())
+    existing = gallery.load(g_path) if gallery.exists(g_path) else None
+    if existing is not None and aggregation is not None and aggregation != existing.aggregation:
+        raise SpkidError(f"{g_path}: the gallery keeps aggregation {existing.aggregation!r}; "
+                         f"--aggregation {aggregation} applies to a new gallery only")
+    add = None if editing_only else _embeddings_to_add(
+        inputs, existing, model, from_embeddings, labels, label_depth, window, hop, no_vad, device, threads,
+        batch_size, jobs, skip_bad)
+    if existing is None and add is None:
+        raise SpkidError(f"{g_path}: no such gallery; build one with `spkid enroll LIST -g {g_path}`")
+
+    with gallery.locked(g_path, wait):
+        g = gallery.load(g_path, mmap=False) if gallery.exists(g_path) else None
+        if g is None:
+            if add is None:
+                raise SpkidError(f"{g_path}: no such gallery; build one with `spkid enroll LIST -g {g_path}`")
+            g = gallery.empty(add["vectors"].shape[1], {**add["meta"], "aggregation": aggregation or "mean"})
+            g.path = g_path
+        elif add is not None:
+            gallery.check_model(g.model_sha256, add["meta"]["model"]["sha256"], f"the gallery {g_path}",
+                                "the embeddings to enroll")
+        before = set(g.speakers)
+        if add is None:
+            new = gallery.updated(g, remove=remove or ())
+        else:
+            new = gallery.updated(g, add["labels"], add["vectors"], add["seconds"], remove=remove or ())
+        if threshold is not None:
+            new.meta["threshold"] = {"score": threshold, "source": "spkid enroll --threshold"}
+        changed = add is not None or bool(remove) or threshold is not None
+        if changed:
+            gallery.save(g_path, new)
+    if add is not None:
+        added = set(add["labels"])
+        log.info("enrolled %d utterances of %d speakers (%d new) into %s, now %d speakers", len(add["labels"]),
+                 len(added), len(added - before), g_path, len(new.speakers))
+    if remove:
+        log.info("removed %s from %s, now %d speakers", ", ".join(remove), g_path, len(new.speakers))
+    if list_:
+        rows = [["speaker", "utterances", "seconds"]]
+        rows += [[s, str(c), gallery.fmt_seconds(t)] for s, c, t in gallery.speaker_table(new)]
+        streams.write_text(_table(rows))
+
+
+def _embeddings_to_add(inputs, existing, model, from_embeddings, labels, label_depth, window, hop, no_vad, device,
+                       threads, batch_size, jobs, skip_bad) -> dict:
+    """{"labels", "vectors" (N, D), "seconds" (N,) or None, "meta" (gallery.json's model/features/embedding)}."""
+    from spkid import embedding, gallery
+
+    src = embeddings_source(inputs, from_embeddings)
+    if src is not None:
+        emb = streams.read_embeddings(src)
+        sha = emb.model_sha256
+        if model is not None:
+            ref = embedding.resolve_model(model)
+            if sha is None:
+                log.warning("%s: the embeddings record no model; trusting --model %s", emb.source, model)
+                sha = ref.sha256
+            else:
+                gallery.check_model(sha, ref.sha256, f"the embeddings in {emb.source}", f"--model {model}")
+        elif sha is None:
+            raise SpkidError(f"{emb.source}: the embeddings record no model; pass --model FILE (the model that made them)")
+        if existing is not None:
+            gallery.check_model(existing.model_sha256, sha, f"the gallery {existing.path}", f"the embeddings in {emb.source}")
+        if len(emb.keys) == 0:
+            raise SpkidError(f"{emb.source}: no embeddings to enroll")
+        keys = [str(k) for k in emb.keys]
+        _warn_duplicates(keys)
+        label = emb.meta.get("model") or model
+        path = Path(label) if label and label != "resemblyzer" and Path(label).is_file() else None
+        meta = {"model": {"sha256": sha, "label": label, "path": str(path.resolve()) if path else None},
+                "features": emb.meta.get("features"), "embedding": emb.meta.get("embedding")}
+        return {"labels": labels_for(keys, labels, label_depth), "vectors": emb.values, "seconds": None, "meta": meta}
+
+    from spkid.cli.embed import embed_entries, load_embedder
+
+    entries = streams.read_list(inputs, label_depth)
+    if not entries:
+        raise SpkidError("the input list is empty")
+    if labels:
+        names = labels_for([e.key for e in entries], labels, label_depth)
+        entries = [streams.Entry(e.path, n) for e, n in zip(entries, names)]
+    unlabelled = [e.path for e in entries if e.label is None]
+    if unlabelled:
+        raise SpkidError(f"{unlabelled[0]}: no speaker label (no LABEL column and no parent folder); "
+                         "give PATH<TAB>LABEL lines or --labels FILE")
+    _warn_duplicates([e.key for e in entries])
+    ref = model_for_gallery(model, existing)
+    emb = load_embedder(model, device, threads, window, hop, no_vad, batch_size, ref=ref)
+    good, vectors, quals = embed_entries(emb, entries, jobs=jobs, skip_bad=skip_bad, desc="enroll")
+    for e, q in zip(good, quals):
+        for problem in q.problems():
+            log.warning("%s (%s): %s", e.path, e.label, problem)
+    meta = {"model": {"sha256": ref.sha256, "label": ref.label, "path": str(ref.path.resolve())},
+            "features": emb.spec.features, "embedding": emb.prep.cfg.to_dict()}
+    return {"labels": [e.label for e in good], "vectors": vectors, "seconds": [q.speech_seconds for q in quals], "meta": meta}
+
+
+def _warn_duplicates(keys: list[str]) -> None:
+    seen: set[str] = set()
+    dups = [k for k in keys if k in seen or seen.add(k)]
+    if dups:
+        log.warning("%d key(s) listed more than once (e.g. %s); each copy counts as an utterance", len(dups), dups[0])

@@ -1,0 +1,165 @@
+"""`spkid features`: an audio list in, one float32 `.npy` of frame features per file out, and the new list on stdout."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from spkid import streams
+from spkid.cli._common import (
+    InputsArg,
+    JobsOpt,
+    LabelDepthOpt,
+    OutDirOpt,
+    OverwriteOpt,
+    RootOpt,
+    ShardOpt,
+    SkipBadOpt,
+    check_unique_outputs,
+    run_file_job,
+)
+from spkid.errors import SpkidError
+from spkid.features import Backend, FeatureConfig, Kind, LogType, Norm, Window
+from spkid.streams import Entry
+
+app = typer.Typer(rich_markup_mode=None)
+
+_D = FeatureConfig()
+CONFIG_NAME = "features.json"
+
+
+@dataclass(frozen=True)
+class _Job(Entry):
+    """A list entry with its voiced sample ranges (small and picklable: each -j worker gets only its own)."""
+
+    keep: tuple[tuple[int, int], ...] | None = None
+
+
+def _features_one(job: _Job, *, cfg: FeatureConfig, out_dir: str, root: Path) -> int:
+    from spkid import features
+
+    keep = None if job.keep is None else np.array(job.keep, dtype=np.int64).reshape(-1, 2)
+    feats = features.compute_file(job.path, cfg, keep=keep)
+    if len(feats) == 0:
+        raise SpkidError(f"{job.path}: no voiced frames (VAD ranges {list(job.keep or ())}); nothing to write")
+    with streams.atomic_write(streams.output_path(job.path, out_dir, root, ".npy"), "wb") as f:
+        np.lib.format.write_array(f, feats, allow_pickle=False)
+    return len(feats)
+
+
+def _vad_ranges(path: str, n_entries: int, positions: list[int]) -> dict[int, np.ndarray]:
+    """Voiced sample ranges `(K, 2)` of the entries at `positions` of the whole list, from a `spkid vad` array
+    made from the same list: `(N, 2)`, one row per entry, or `(M, 3)` `[entry, start, end)` segments."""
+    vad = streams.read_array(path)
+    if vad.ndim != 2 or vad.shape[1] not in (2, 3) or vad.dtype.kind not in "iu":
+        raise SpkidError(f"{path}: expected an integer (N, 2) or (M, 3) array as `spkid vad` writes, "
+                         f"got {vad.dtype} {vad.shape}")
+    if vad.shape[1] == 2:
+        if len(vad) != n_entries:
+            raise SpkidError(f"{path}: {len(vad)} VAD rows for {n_entries} list entries; "
+                             "make it with `spkid vad` from the same list")
+        return {i: vad[i : i + 1].astype(np.int64) for i in positions}
+    if len(vad) and not 0 <= vad[:, 0].min() <= vad[:, 0].max() < n_entries:
+        raise SpkidError(f"{path}: VAD segments name entries up to {vad[:, 0].max()}, but the list has "
+                         f"{n_entries}; make it with `spkid vad --segments` from the same list")
+    vad = vad[np.argsort(vad[:, 0], kind="stable")].astype(np.int64)
+    lo = np.searchsorted(vad[:, 0], positions, side="left")
+    hi = np.searchsorted(vad[:, 0], positions, side="right")
+    return {i: vad[a:b, 1:] for i, a, b in zip(positions, lo, hi)}
+
+
+def _ranges(segments: np.ndarray) -> tuple[tuple[int, int], ...]:
+    return tuple((int(a), int(b)) for a, b in segments)
+
+
+def _check_config(out_dir: str, cfg: FeatureConfig, overwrite: bool) -> None:
+    """Refuse to mix features of two configs in one folder: an existing features.json must match."""
+    path = Path(out_dir) / CONFIG_NAME
+    if overwrite or not path.exists():
+        return
+    try:
+        old = FeatureConfig.from_json(path)
+    except SpkidError as e:
+        raise SpkidError(f"{e}; remove it, use another -d, or --overwrite") from None
+    if old != cfg:
+        diff = ", ".join(f"{k}: {v!r} -> {asdict(cfg)[k]!r}" for k, v in asdict(old).items() if asdict(cfg)[k] != v)
+        raise SpkidError(f"{path} was written with other settings ({diff}); use another -d, or --overwrite to redo all")
+
+
+@app.command()
+def features(
+    inputs: InputsArg = None,
+    out_dir: OutDirOpt = ...,
+    kind: Annotated[Kind, typer.Option("--kind", "-k", help="fbank: log Mel filterbank; mfcc; specdb: log |spectrum|; spectrogram: |spectrum|.")] = _D.kind,
+    n_filters: Annotated[int, typer.Option("--n-filters", "-n", min=1, metavar="N", help="Mel filters (fbank, mfcc).")] = _D.n_filters,
+    n_ceps: Annotated[int, typer.Option("--n-ceps", min=1, metavar="N", help="MFCC coefficients kept.")] = _D.n_ceps,
+    lifter: Annotated[int, typer.Option("--lifter", min=0, metavar="L", help="MFCC cepstral lifter (psf's ceplifter; 0 = off).")] = _D.lifter,
+    append_energy: Annotated[bool, typer.Option("--append-energy", help="fbank: add the log frame energy as a column; mfcc: it replaces c0 (psf's appendEnergy).")] = _D.append_energy,
+    rate: Annotated[int, typer.Option("--rate", "-r", min=1000, metavar="HZ", help="Sample rate the audio must have (else: run `spkid convert`).")] = _D.sample_rate,
+    win_len: Annotated[float, typer.Option("--win-len", metavar="S", help="Window length (seconds).")] = _D.win_len,
+    win_step: Annotated[float, typer.Option("--win-step", metavar="S", help="Hop between frames (seconds).")] = _D.win_step,
+    nfft: Annotated[int, typer.Option("--nfft", min=0, metavar="N", help="FFT size; 0 = the next power of two at or above the window (512 at 16 kHz).")] = _D.nfft,
+    preemph: Annotated[float, typer.Option("--preemph", metavar="C", help="Pre-emphasis coefficient (0 = off).")] = _D.preemph,
+    low_freq: Annotated[float, typer.Option("--low-freq", metavar="HZ", help="Lowest Mel band edge.")] = _D.low_freq,
+    high_freq: Annotated[float, typer.Option("--high-freq", metavar="HZ", help="Highest Mel band edge; <= 0 counts down from Nyquist (0 = Nyquist).")] = _D.high_freq,
+    window: Annotated[Window, typer.Option("--window", "-w", help="Analysis window (rectangular is psf's default).")] = _D.window,
+    log_type: Annotated[LogType, typer.Option("--log", help="db: 20*log10 (the older tools); ln: natural log (psf's logfbank, mfcc).")] = _D.log,
+    norm: Annotated[Norm, typer.Option("--norm", help="Per-utterance normalisation: cmn, cmvn, or sliding-window cmn (Kaldi apply-cmvn-sliding --center).")] = _D.norm,
+    cmn_window: Annotated[int, typer.Option("--cmn-window", min=1, metavar="FRAMES", help="Window of --norm sliding.")] = _D.cmn_window,
+    vad: Annotated[str | None, typer.Option("--vad", metavar="FILE", help="Keep only frames inside voiced ranges of this `spkid vad` .npy ((N, 2) or (M, 3), made from the same list).")] = None,
+    backend: Annotated[Backend, typer.Option("--backend", help="numpy (fast, bounded memory) or psf (python_speech_features itself).")] = _D.backend,
+    root: RootOpt = None,
+    jobs: JobsOpt = 1,
+    shard: ShardOpt = None,
+    skip_bad: SkipBadOpt = False,
+    overwrite: OverwriteOpt = False,
+    label_depth: LabelDepthOpt = 1,
+) -> None:
+    """Compute frame features of mono audio; write one float32 (frames, dims) .npy per file; print the new list.
+
+    Outputs go under -d with the input layout kept below --root and .npy replacing the audio suffix, written
+    atomically; existing ones are kept unless --overwrite, so a rerun resumes. -d/features.json records the
+    exact config (what `spkid train` and `embed` read back); a folder holding features of other settings is
+    refused. The numbers equal python_speech_features' under the same settings (within 1e-3 dB); files are
+    streamed, so a 2-hour file needs about its output's memory. Stereo or other-rate audio is refused: run
+    `spkid convert` first. With --vad, frames whose centre lies outside the voiced ranges are dropped before
+    --norm; a file left with no frame is an error (skipped with --skip-bad).
+
+    \b
+    Examples:
+      spkid convert -d conv < raw.txt | spkid vad --trim -d voiced | spkid features -d feats > feats.txt
+      spkid features wavs.txt -d mfcc --kind mfcc --n-filters 40 --n-ceps 20 --norm cmvn -j 4
+      spkid vad wavs.txt 32000 > vad.npy && spkid features wavs.txt --vad vad.npy -d feats --norm sliding
+    """
+    try:
+        cfg = FeatureConfig(kind=kind, sample_rate=rate, n_filters=n_filters, win_len=win_len, win_step=win_step,
+                            nfft=nfft, preemph=preemph, low_freq=low_freq, high_freq=high_freq, window=window,
+                            log=log_type, n_ceps=n_ceps, lifter=lifter, append_energy=append_energy, norm=norm,
+                            cmn_window=cmn_window, backend=backend)
+    except SpkidError as e:
+        raise typer.BadParameter(str(e).removeprefix("feature config: ")) from None
+    everything = streams.read_list(inputs, label_depth)
+    positions = streams.shard(list(range(len(everything))), shard)
+    entries = [everything[i] for i in positions]
+    ranges = _vad_ranges(vad, len(everything), positions) if vad else {}
+    base = Path(root) if root else streams.default_root([e.path for e in everything])
+    planned = [streams.output_path(e.path, out_dir, base, ".npy") for e in entries]
+    check_unique_outputs(entries, planned)
+    _check_config(out_dir, cfg, overwrite)
+    with streams.atomic_write(Path(out_dir) / CONFIG_NAME, "w") as f:
+        f.write(json.dumps(asdict(cfg), indent=1) + "\n")
+    todo = [
+        (_Job(e.path, e.label, _ranges(ranges[i]) if vad else None), p)
+        for i, e, p in zip(positions, entries, planned)
+        if overwrite or not p.exists()
+    ]
+    fn = partial(_features_one, cfg=cfg, out_dir=out_dir, root=base)
+    good = run_file_job(fn, [j for j, _ in todo], [p for _, p in todo], jobs=jobs, skip_bad=skip_bad, desc="features")
+    failed = {e.path for e, _ in todo} - {e.path for e, _ in good}
+    streams.write_list(Entry(str(p), e.label) for e, p in zip(entries, planned) if e.path not in failed)

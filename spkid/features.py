@@ -1,0 +1,623 @@
+"""Frame-level features: log-Mel filterbank, MFCC, log-magnitude spectrogram (dB) and magnitude spectrogram.
+
+The numbers are python_speech_features' (psf) under the same settings: psf's framing (frame length and step
+rounded half up, the last frame zero-padded, 1 frame for a signal no longer than a window), pre-emphasis
+`y[n] = x[n] - preemph * x[n-1]` with `y[0] = x[0]`, power spectrum `|rfft(frame, nfft)|^2 / nfft`, psf's
+triangular Mel filters (`get_filterbanks`), energies floored at float64 eps so digital silence stays finite,
+MFCC = orthonormal DCT-II of the log filterbank, liftered like psf's `ceplifter`.
+
+The default backend ("numpy") computes in float32, a block of frames at a time (strided framing, one
+`scipy.fft.rfft` per block with workers=1, Mel filters as a few banded float32 matmuls on the power spectrum),
+so memory stays bounded and the time is close to the FFT's alone. `backend="psf"` calls python_speech_features
+itself (float64, whole signal at once) as a reference.
+
+    from spkid.features import FeatureConfig, compute
+    cfg = FeatureConfig(kind="fbank", n_filters=40)   # or FeatureConfig.from_dict(json.loads(...))
+    feats = compute(signal, cfg)   # signal (samples,) at cfg.sample_rate -> (frames, 40) float32, 20*log10
+
+`compute(signal, cfg)` is the stable entry point that training and embedding call with the config stored in a
+model file; `compute_file(path, cfg)` streams a file of any length in bounded memory.
+"""
+
+from __future__ import annotations
+
+import decimal
+import functools
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+
+from spkid.errors import SpkidError
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["fbank", "mfcc", "specdb", "spectrogram"]
+Window = Literal["rectangular", "hamming", "hann", "povey"]
+LogType = Literal["db", "ln"]
+Norm = Literal["none", "cmn", "cmvn", "sliding"]
+Backend = Literal["numpy", "psf"]
+
+EPS = float(np.finfo(float).eps)  # psf's floor for zero energies
+BLOCK_FRAMES = 1024  # frames per FFT block: a block's buffers (~5 MB) stay in cache; fewer calls than smaller blocks
+READ_SAMPLES = 1 << 20  # samples per read in compute_file (~65 s at 16 kHz)
+_DB = 20.0 / math.log(10.0)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Everything that decides the feature values; stored as JSON (`features.json`, model files).
+
+    Units: `sample_rate` Hz, `win_len`/`win_step` seconds, `low_freq`/`high_freq` Hz, `cmn_window` frames.
+
+    - kind: "fbank" (log Mel filterbank energies, `n_filters` dims), "mfcc" (`n_ceps` dims), "specdb"
+      (log magnitude spectrum, nfft//2+1 dims) or "spectrogram" (magnitude spectrum |X|, nfft//2+1 dims).
+    - nfft: FFT size; 0 = the next power of two at or above the window length in samples (512 at 16 kHz with
+      25 ms, 2048 at 48 kHz), so frames are never truncated. A value below the window length is refused.
+    - preemph: pre-emphasis coefficient (0 = off). low_freq/high_freq: Mel filter band edges;
+      high_freq <= 0 means Nyquist + high_freq (Kaldi's convention; 0 = Nyquist).
+    - window: "rectangular" (psf's default), "hamming", "hann" (numpy's symmetric windows) or "povey" (Kaldi).
+    - log: "db" = 20*log10 (what the older tools did; for fbank that is 20*log10 of the filterbank power,
+      for specdb 20*log10|X|, true dB of magnitude) or "ln" = natural log (psf's logfbank and mfcc).
+      MFCCs are the DCT of the log filterbank in this unit, so "db" MFCCs are 20/ln(10) times psf's.
+    - n_ceps, lifter: MFCC coefficients kept and psf's `ceplifter` (0 = off).
+    - append_energy: fbank appends the log frame energy as one more column; mfcc replaces c0 with it
+      (psf's `appendEnergy`). Not allowed for the spectrogram kinds.
+    - norm: per-utterance normalisation of each dimension: "none", "cmn" (subtract the mean), "cmvn" (and divide
+      by the standard deviation), "sliding" (subtract the mean of a `cmn_window`-frame window centred on the
+      frame, shifted inside the utterance at the edges: Kaldi's `apply-cmvn-sliding --center=true`).
+    - backend: "numpy" (float32, blocked, bounded memory) or "psf" (python_speech_features, float64).
+    """
+
+    kind: Kind = "fbank"
+    sample_rate: int = 16000
+    n_filters: int = 40
+    win_len: float = 0.025
+    win_step: float = 0.01
+    nfft: int = 0
+    preemph: float = 0.97
+    low_freq: float = 0.0
+    high_freq: float = 0.0
+    window: Window = "hamming"
+    log: LogType = "db"
+    n_ceps: int = 13
+    lifter: int = 22
+    append_energy: bool = False
+    norm: Norm = "none"
+    cmn_window: int = 300
+    backend: Backend = "numpy"
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            choices = get_args(_TYPES[f.name]) if f.name in _CHOICES else None
+            if choices is not None:
+                if value not in choices:
+                    raise SpkidError(f"feature config: {f.name}={value!r}; choose from {', '.join(choices)}")
+            elif _TYPES[f.name] is bool:
+                if not isinstance(value, bool):
+                    raise SpkidError(f"feature config: {f.name} must be true or false, got {value!r}")
+            elif _TYPES[f.name] is int:
+                if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                    raise SpkidError(f"feature config: {f.name} must be an integer, got {value!r}")
+                object.__setattr__(self, f.name, int(value))  # plain Python numbers: JSON-able, hashable
+            elif isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise SpkidError(f"feature config: {f.name} must be a number, got {value!r}")
+            else:
+                object.__setattr__(self, f.name, float(value))
+        nyquist = self.sample_rate / 2
+        problems = [
+            (self.sample_rate <= 0, f"sample_rate must be > 0 Hz, got {self.sample_rate}"),
+            (self.n_filters < 1, f"n_filters must be >= 1, got {self.n_filters}"),
+            (not self.win_len > 0, f"win_len must be > 0 s, got {self.win_len}"),
+            (not self.win_step > 0, f"win_step must be > 0 s, got {self.win_step}"),
+            (self.frame_len < 1, f"win_len {self.win_len} s is less than one sample at {self.sample_rate} Hz"),
+            (self.frame_step < 1, f"win_step {self.win_step} s is less than one sample at {self.sample_rate} Hz"),
+            (self.nfft < 0, f"nfft must be >= 0 (0 = automatic), got {self.nfft}"),
+            (0 < self.nfft < self.frame_len,
+             f"nfft {self.nfft} is shorter than the {self.frame_len}-sample window and would truncate frames; "
+             f"use nfft >= {self.frame_len} or 0 (automatic)"),
+            (not 0 <= self.low_freq < nyquist, f"low_freq must be in [0, {nyquist:g}) Hz, got {self.low_freq}"),
+            (not self.low_freq < self.top_freq <= nyquist,
+             f"high_freq {self.high_freq} gives a band edge of {self.top_freq:g} Hz; it must lie in "
+             f"({self.low_freq:g}, {nyquist:g}] Hz (<= 0 counts down from Nyquist)"),
+            (self.kind == "mfcc" and not 1 <= self.n_ceps <= self.n_filters,
+             f"n_ceps must be in [1, n_filters={self.n_filters}], got {self.n_ceps}"),
+            (self.lifter < 0, f"lifter must be >= 0 (0 = off), got {self.lifter}"),
+            (self.cmn_window < 1, f"cmn_window must be >= 1 frame, got {self.cmn_window}"),
+            (self.append_energy and self.kind not in ("fbank", "mfcc"),
+             f"append_energy applies to fbank and mfcc, not {self.kind}"),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise SpkidError(f"feature config: {message}")
+
+    @property
+    def frame_len(self) -> int:
+        """Window length in samples (psf: win_len * sample_rate rounded half up)."""
+        return _round_half_up(self.win_len * self.sample_rate)
+
+    @property
+    def frame_step(self) -> int:
+        """Hop in samples (psf: win_step * sample_rate rounded half up)."""
+        return _round_half_up(self.win_step * self.sample_rate)
+
+    @property
+    def fft_size(self) -> int:
+        """The FFT size used: `nfft`, or the next power of two at or above `frame_len` when nfft is 0."""
+        return self.nfft or 1 << max(0, self.frame_len - 1).bit_length()
+
+    @property
+    def top_freq(self) -> float:
+        """The upper Mel band edge in Hz (`high_freq`, or Nyquist + high_freq when high_freq <= 0)."""
+        return self.high_freq if self.high_freq > 0 else self.sample_rate / 2 + self.high_freq
+
+    @property
+    def dims(self) -> int:
+        """Columns of the output: n_filters (+1 with append_energy), n_ceps, or fft_size // 2 + 1."""
+        if self.kind == "fbank":
+            return self.n_filters + int(self.append_energy)
+        if self.kind == "mfcc":
+            return self.n_ceps
+        return self.fft_size // 2 + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (`dataclasses.asdict`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> FeatureConfig:
+        """The inverse of `to_dict`; unknown keys are an error (no silent typos), missing keys take defaults."""
+        if not isinstance(raw, dict):
+            raise SpkidError(f"feature config must be a JSON object, got {type(raw).__name__}")
+        if unknown := raw.keys() - {f.name for f in fields(cls)}:
+            raise SpkidError(f"feature config: unknown keys {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
+        return cls(**raw)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> FeatureConfig:
+        """Read a `features.json` written by `spkid features` (or any JSON object of these keys)."""
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SpkidError(f"{path}: no such file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SpkidError(f"{path}: not a JSON feature config ({e})") from None
+        try:
+            return cls.from_dict(raw)
+        except SpkidError as e:
+            raise SpkidError(f"{path}: {e}") from None
+
+
+_TYPES = {"kind": Kind, "sample_rate": int, "n_filters": int, "win_len": float, "win_step": float, "nfft": int,
+          "preemph": float, "low_freq": float, "high_freq": float, "window": Window, "log": LogType, "n_ceps": int,
+          "lifter": int, "append_energy": bool, "norm": Norm, "cmn_window": int, "backend": Backend}
+_CHOICES = {"kind", "window", "log", "norm", "backend"}
+
+
+def _round_half_up(x: float) -> int:
+    return int(decimal.Decimal(x).quantize(decimal.Decimal("1"), rounding=decimal.ROUND_HALF_UP))
+
+
+def n_frames(n_samples: int, cfg: FeatureConfig) -> int:
+    """Frames psf makes from `n_samples`: 0 for none, 1 up to one window, else 1 + ceil((n - len) / step)."""
+    if n_samples <= 0:
+        return 0
+    if n_samples <= cfg.frame_len:
+        return 1
+    return 1 + -(-(n_samples - cfg.frame_len) // cfg.frame_step)
+
+
+def window(name: str, n: int) -> np.ndarray:
+    """The analysis window `name` of `n` samples, float64 (symmetric, as numpy and Kaldi make them)."""
+    if name == "rectangular":
+        return np.ones(n)
+    if name == "hamming":
+        return np.hamming(n)
+    if name == "hann":
+        return np.hanning(n)
+    if name == "povey":
+        return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / max(n - 1, 1))) ** 0.85
+    raise SpkidError(f"unknown window {name!r}; choose from {', '.join(get_args(Window))}")
+
+
+def mel_filterbank(n_filters: int, nfft: int, sample_rate: int, low_freq: float, high_freq: float) -> np.ndarray:
+    """psf's triangular Mel filters (`get_filterbanks`), float64 `(n_filters, nfft // 2 + 1)`.
+
+    Band edges are `n_filters + 2` points evenly spaced in Mel (2595 log10(1 + f/700)) from low_freq to
+    high_freq (Hz), snapped to FFT bins with psf's `floor((nfft + 1) * f / sample_rate)`.
+    """
+    mel = np.linspace(_hz2mel(low_freq), _hz2mel(high_freq), n_filters + 2)
+    edges = np.floor((nfft + 1) * _mel2hz(mel) / sample_rate).astype(int)
+    fb = np.zeros((n_filters, nfft // 2 + 1))
+    for j in range(n_filters):
+        a, b, c = edges[j], edges[j + 1], edges[j + 2]
+        i = np.arange(a, b)
+        fb[j, i] = (i - a) / (b - a)
+        i = np.arange(b, c)
+        fb[j, i] = (c - i) / (c - b)
+    return fb
+
+
+def _hz2mel(hz: float) -> float:
+    return 2595 * np.log10(1 + hz / 700.0)
+
+
+def _mel2hz(mel: np.ndarray) -> np.ndarray:
+    return 700 * (10 ** (mel / 2595.0) - 1)
+
+
+def dct_matrix(n_filters: int, n_ceps: int, lifter: int) -> np.ndarray:
+    """`(n_filters, n_ceps)` float64: `log_fbank @ M` = psf's lifter(dct(type=2, norm="ortho")[:, :n_ceps])."""
+    from scipy.fft import dct
+
+    m = dct(np.eye(n_filters), type=2, norm="ortho", axis=1)[:, :n_ceps]
+    if lifter > 0:
+        m = m * (1 + (lifter / 2.0) * np.sin(np.pi * np.arange(n_ceps) / lifter))
+    return m
+
+
+class _Plan:
+    """Everything precomputed for one config: window, banded Mel weights, DCT; and the per-block kernel."""
+
+    def __init__(self, cfg: FeatureConfig) -> None:
+        self.cfg = cfg
+        self.flen, self.step, self.nfft = cfg.frame_len, cfg.frame_step, cfg.fft_size
+        self.nbins = self.nfft // 2 + 1
+        self.window = None if cfg.window == "rectangular" else window(cfg.window, self.flen).astype(np.float32)
+        self.preemph = np.float32(cfg.preemph)
+        self.dims = cfg.dims
+        self.bands: list[tuple[int, int, int, int, np.ndarray]] = []
+        self.dct: np.ndarray | None = None
+        if cfg.kind in ("fbank", "mfcc"):
+            fb = mel_filterbank(cfg.n_filters, self.nfft, cfg.sample_rate, cfg.low_freq, cfg.top_freq)
+            if empty := int((~fb.any(axis=1)).sum()):
+                log.warning("%d of %d Mel filters cover no FFT bin (nfft=%d); their output is the floor. "
+                            "Use fewer filters or a larger nfft", empty, cfg.n_filters, self.nfft)
+            self.bands = _bands(fb / self.nfft)
+        if cfg.kind == "mfcc":
+            self.dct = dct_matrix(cfg.n_filters, cfg.n_ceps, cfg.lifter).astype(np.float32)
+
+    def run(self, x: np.ndarray, x0: int, f0: int, f1: int, out: np.ndarray, n_total: int) -> None:
+        """Frames f0..f1-1 (absolute indices) into `out` `(f1 - f0, dims)` float32.
+
+        `x` holds raw samples for absolute indices [x0, x0 + len(x)) and must cover every sample those frames
+        read that lies before `n_total`, plus the sample just before the first frame (for pre-emphasis);
+        samples at or after `n_total` (the signal's length) are psf's zero padding.
+        """
+        flen, step, nb = self.flen, self.step, BLOCK_FRAMES
+        ybuf = np.empty((nb - 1) * step + flen, np.float32)
+        all_frames = np.lib.stride_tricks.as_strided(ybuf, (nb, flen), (step * 4, 4), writeable=False)
+        # Frames are windowed into a zero-padded (frames, nfft) buffer: rfft(n=nfft) of shorter rows would
+        # make scipy build a padded copy of every block itself.
+        wbuf = np.zeros((nb, self.nfft), np.float32)
+        fbuf = np.empty((nb, self.cfg.n_filters), np.float32) if self.dct is not None else None
+        for a in range(f0, f1, nb):
+            b = min(f1, a + nb)
+            s0 = a * step
+            y = ybuf[: (b - a - 1) * step + flen]
+            self._preemphasis(x, x0, s0, min(len(y), n_total - s0), y)
+            frames = wbuf[: b - a]
+            if self.window is None:
+                frames[:, :flen] = all_frames[: b - a]
+            else:
+                np.multiply(all_frames[: b - a], self.window, out=frames[:, :flen])
+            self._block(frames, out[a - f0 : b - f0], None if fbuf is None else fbuf[: b - a])
+
+    def _preemphasis(self, x: np.ndarray, x0: int, s0: int, m: int, y: np.ndarray) -> None:
+        """y[:m] = pre-emphasised samples s0..s0+m-1 (absolute; float32), y[m:] = 0 (psf pads after pre-emphasis)."""
+        if m <= 0:
+            y[:] = 0
+            return
+        r = s0 - x0
+        cur, ym = x[r : r + m], y[:m]
+        if self.preemph == 0:
+            ym[:] = cur
+        elif s0 == 0:
+            ym[0] = cur[0]
+            np.multiply(cur[:-1], -self.preemph, out=ym[1:], casting="same_kind")
+            np.add(ym[1:], cur[1:], out=ym[1:], casting="same_kind")
+        else:
+            np.multiply(x[r - 1 : r + m - 1], -self.preemph, out=ym, casting="same_kind")
+            np.add(ym, cur, out=ym, casting="same_kind")
+        y[m:] = 0
+
+    def _block(self, frames: np.ndarray, out: np.ndarray, fbuf: np.ndarray | None) -> None:
+        """Features of `frames` `(b, nfft)` (pre-emphasised, windowed, zero-padded) into `out` `(b, dims)`."""
+        from scipy.fft import rfft
+
+        cfg = self.cfg
+        v = rfft(frames, axis=1, workers=1).view(np.float32)  # (b, 2 * nbins): re, im interleaved
+        np.square(v, out=v)  # re^2, im^2: summing pairs is |X|^2
+        if cfg.kind in ("fbank", "mfcc"):
+            mel = out[:, : cfg.n_filters] if fbuf is None else fbuf
+            for lo, hi, j0, j1, w in self.bands:  # weights repeated per (re^2, im^2) pair: no pair sum needed
+                np.matmul(v[:, lo:hi], w, out=mel[:, j0:j1])
+            np.maximum(mel, EPS, out=mel)
+            _log(mel, cfg.log)
+            if fbuf is not None:
+                np.matmul(mel, self.dct, out=out)
+            if cfg.append_energy:
+                energy = v.sum(axis=1)
+                energy *= 1.0 / self.nfft
+                np.maximum(energy, EPS, out=energy)
+                _log(energy, cfg.log)
+                out[:, 0 if cfg.kind == "mfcc" else cfg.n_filters] = energy
+            return
+        np.add(v[:, 0::2], v[:, 1::2], out=out)  # |X|^2
+        if cfg.kind == "spectrogram":
+            np.sqrt(out, out=out)
+        else:
+            np.maximum(out, EPS, out=out)
+            _log(out, cfg.log, 0.5)  # log |X| = log(|X|^2) / 2
+
+
+def _log(a: np.ndarray, kind: str, scale: float = 1.0) -> None:
+    """In place: scale * 20*log10(a) for "db", scale * ln(a) for "ln" (np.log is SIMD, np.log10 is not)."""
+    np.log(a, out=a)
+    factor = scale * (_DB if kind == "db" else 1.0)
+    if factor != 1.0:
+        a *= factor
+
+
+@functools.lru_cache(maxsize=16)
+def _plan(cfg: FeatureConfig) -> _Plan:
+    return _Plan(cfg)
+
+
+def _bands(fb: np.ndarray, per_band: int = 8) -> list[tuple[int, int, int, int, np.ndarray]]:
+    """Split Mel weights `(n_filters, nbins)` into groups of adjacent filters, each with the bin range it touches.
+
+    Each group is `(lo, hi, j0, j1, W)`: filters j0..j1-1 read columns lo..hi-1 of the squared spectrum viewed as
+    interleaved float32 (re^2, im^2) pairs, with weights `W` `(hi - lo, j1 - j0)` (each bin's weight twice).
+    A few small dense matmuls do about a fifth of the work of one dense product, since Mel filters are
+    narrow where they are dense.
+    """
+    out = []
+    for j0 in range(0, fb.shape[0], per_band):
+        j1 = min(fb.shape[0], j0 + per_band)
+        nz = np.flatnonzero(fb[j0:j1].any(axis=0))
+        lo, hi = (int(nz[0]), int(nz[-1]) + 1) if nz.size else (0, 1)
+        w = np.repeat(fb[j0:j1, lo:hi].T, 2, axis=0)
+        out.append((2 * lo, 2 * hi, j0, j1, np.ascontiguousarray(w, dtype=np.float32)))
+    return out
+
+
+def compute(signal: np.ndarray, cfg: FeatureConfig | None = None, *, keep: np.ndarray | None = None) -> np.ndarray:
+    """Features of one mono signal: float32 `(frames, cfg.dims)`.
+
+    `signal`: `(samples,)` at `cfg.sample_rate` Hz, any real dtype (values used as they are: float audio
+    in [-1, 1] as soundfile reads it). Frames start every `cfg.frame_step` samples; there are
+    `n_frames(len(signal), cfg)` of them (0 for an empty signal) before `keep`.
+    `keep`: voiced sample ranges `[start, end)`, shape `(2,)` or `(K, 2)` (see `vad_segments`); only frames
+    whose centre lies in one are returned. Normalisation (`cfg.norm`) uses the kept frames only.
+    Output is finite for any finite input, digital silence included (energies floored at float64 eps).
+    """
+    cfg = cfg or FeatureConfig()
+    x = np.asarray(signal)
+    if x.ndim != 1:
+        raise SpkidError(f"compute: expected a mono signal of shape (samples,), got {x.shape}")
+    if x.dtype.kind not in "fiu":
+        raise SpkidError(f"compute: expected a real-valued signal, got dtype {x.dtype}")
+    n = n_frames(len(x), cfg)
+    if cfg.backend == "psf" and n:
+        out = _psf(x, cfg)
+    else:
+        out = np.empty((n, cfg.dims), np.float32)
+        if n:
+            _plan(cfg).run(x, 0, 0, n, out, len(x))
+    return _finish(out, cfg, keep)
+
+
+def compute_file(path: str | Path, cfg: FeatureConfig | None = None, *, keep: np.ndarray | None = None) -> np.ndarray:
+    """`compute` on an audio file, streamed: float32 `(frames, cfg.dims)`.
+
+    The file must be mono at `cfg.sample_rate` (else `SpkidError` with a hint to run `spkid convert`).
+    With the numpy backend, WAV, FLAC, AIFF and SPHERE files are decoded `READ_SAMPLES` at a time, so memory is
+    the output array plus a few MB whatever the length; other formats and the psf backend load the whole file.
+    """
+    from spkid import audio
+
+    cfg = cfg or FeatureConfig()
+    path = Path(path)
+    if cfg.backend == "psf" or path.suffix.lower() in audio.FFMPEG_SUFFIXES or not path.is_file():
+        return compute(audio.load_expected(path, cfg.sample_rate), cfg, keep=keep)
+    import soundfile as sf
+
+    try:
+        f = sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError):
+        return compute(audio.load_expected(path, cfg.sample_rate), cfg, keep=keep)  # ffmpeg or a clear error
+    with f:
+        if f.channels != 1:
+            raise audio.AudioError(f"{path}: has {f.channels} channels, expected mono; run `spkid convert` first")
+        if f.samplerate != cfg.sample_rate:
+            raise audio.AudioError(f"{path}: sample rate {f.samplerate} Hz, expected {cfg.sample_rate} Hz; "
+                                   f"run `spkid convert --rate {cfg.sample_rate}` first")
+        if f.format not in _EXACT_LENGTH or not 0 < f.frames < 1 << 62:  # e.g. MP3: the count is an estimate
+            return compute(audio.load_expected(path, cfg.sample_rate), cfg, keep=keep)
+        try:
+            out = _stream(f, cfg)
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise audio.AudioError(f"{path}: cannot decode audio ({e})") from None
+    return _finish(out, cfg, keep)
+
+
+_EXACT_LENGTH = {"WAV", "WAVEX", "W64", "RF64", "FLAC", "AIFF", "CAF", "NIST"}  # headers that give the sample count
+
+
+def _stream(f: Any, cfg: FeatureConfig) -> np.ndarray:
+    """Frames of an open mono SoundFile, read in chunks: each chunk's complete frames are computed, and the
+    samples later frames still need (plus one, for pre-emphasis) are carried to the next chunk."""
+    plan = _plan(cfg)
+    n = f.frames
+    total = n_frames(n, cfg)
+    out = np.empty((total, cfg.dims), np.float32)
+    buf = np.empty(0, np.float32)
+    x0 = done = 0
+    while done < total:
+        chunk = f.read(READ_SAMPLES, dtype="float32")
+        buf = np.concatenate([buf, chunk]) if len(buf) else chunk
+        end = x0 + len(buf)
+        if len(chunk) == 0 and end < n:  # the header promised more samples than the file holds
+            log.warning("%s: %d of %d samples could be read; features of the rest are missing", f.name, end, n)
+            n, total = end, n_frames(end, cfg)
+            out = out[:total]
+        eof = end >= n
+        upto = total if eof else min(total, max(0, (end - plan.flen) // plan.step + 1))
+        if upto > done:
+            plan.run(buf, x0, done, upto, out[done:upto], n)
+            done = upto
+        start = max(0, done * plan.step - 1)
+        buf, x0 = buf[start - x0 :].copy(), start
+    return out
+
+
+def _psf(x: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """The same features from python_speech_features itself (float64, whole signal)."""
+    from python_speech_features import base, sigproc
+
+    x = x.astype(np.float64)
+    wf = functools.partial(window, cfg.window)
+    common = dict(samplerate=cfg.sample_rate, winlen=cfg.win_len, winstep=cfg.win_step, nfft=cfg.fft_size,
+                  preemph=cfg.preemph, winfunc=wf)
+    scale = _DB if cfg.log == "db" else 1.0
+    if cfg.kind == "mfcc":
+        feats = base.mfcc(x, numcep=cfg.n_ceps, nfilt=cfg.n_filters, lowfreq=cfg.low_freq, highfreq=cfg.top_freq,
+                          ceplifter=cfg.lifter, appendEnergy=cfg.append_energy, **common) * scale
+    elif cfg.kind == "fbank":
+        mel, energy = base.fbank(x, nfilt=cfg.n_filters, lowfreq=cfg.low_freq, highfreq=cfg.top_freq, **common)
+        feats = np.log(mel) * scale
+        if cfg.append_energy:
+            feats = np.column_stack([feats, np.log(energy) * scale])
+    else:
+        frames = sigproc.framesig(sigproc.preemphasis(x, cfg.preemph), cfg.frame_len, cfg.frame_step, wf)
+        mag = sigproc.magspec(frames, cfg.fft_size)
+        if cfg.kind == "spectrogram":
+            feats = mag
+        else:
+            feats = np.log(np.maximum(mag * mag, EPS)) * (0.5 * scale)
+    return np.ascontiguousarray(feats, dtype=np.float32)
+
+
+def _finish(out: np.ndarray, cfg: FeatureConfig, keep: np.ndarray | None) -> np.ndarray:
+    if keep is not None:
+        mask = voiced_frames(keep, len(out), cfg)
+        if not mask.all():
+            out = out[mask]
+    normalize(out, cfg.norm, cfg.cmn_window)
+    return out
+
+
+def voiced_frames(keep: np.ndarray, n: int, cfg: FeatureConfig) -> np.ndarray:
+    """Boolean `(n,)`: frame i is kept when its centre sample, i * frame_step + frame_len / 2, lies in one of
+    the `[start, end)` sample ranges of `keep` (shape `(2,)` or `(K, 2)`)."""
+    seg = np.asarray(keep)
+    if seg.ndim == 1:
+        seg = seg.reshape(-1, 2) if seg.size == 2 else seg
+    if seg.ndim != 2 or seg.shape[1] != 2 or seg.dtype.kind not in "iu":
+        raise SpkidError(f"keep: expected integer [start, end) sample ranges of shape (2,) or (K, 2), "
+                         f"got {seg.dtype} {np.asarray(keep).shape}")
+    seg = seg[seg[:, 1] > seg[:, 0]]
+    if len(seg) == 0:
+        return np.zeros(n, bool)
+    seg = seg[np.argsort(seg[:, 0], kind="stable")].astype(np.int64)
+    ends = np.maximum.accumulate(seg[:, 1])  # overlapping ranges: the furthest end reached so far
+    centre2 = 2 * np.arange(n, dtype=np.int64) * cfg.frame_step + cfg.frame_len  # twice the centre: integers
+    i = np.searchsorted(2 * seg[:, 0], centre2, side="right") - 1
+    return (i >= 0) & (centre2 < 2 * ends[np.maximum(i, 0)])
+
+
+def vad_segments(vad: np.ndarray, index: int) -> np.ndarray:
+    """The voiced `[start, end)` sample ranges `(K, 2)` int64 of list entry `index` in a `spkid vad` array:
+    int64 `(N, 2)` (one window per entry) or `(M, 3)` `[entry, start, end)` segments (`--segments`)."""
+    vad = np.asarray(vad)
+    if vad.ndim != 2 or vad.shape[1] not in (2, 3) or vad.dtype.kind not in "iu":
+        raise SpkidError(f"VAD array must be integer (N, 2) or (M, 3) as `spkid vad` writes, got {vad.dtype} {vad.shape}")
+    if vad.shape[1] == 2:
+        if not 0 <= index < len(vad):
+            raise SpkidError(f"VAD array has {len(vad)} rows but the list has entry {index + 1}; "
+                             "use the VAD array made from the same list")
+        return vad[index : index + 1].astype(np.int64)
+    return vad[vad[:, 0] == index, 1:].astype(np.int64)
+
+
+def normalize(feats: np.ndarray, norm: str, cmn_window: int = 300) -> np.ndarray:
+    """Per-dimension normalisation of `(frames, dims)` float32, in place (also returned).
+
+    "cmn": subtract the mean; "cmvn": and divide by the standard deviation (constant dims are only
+    centred); "sliding": subtract the mean over `cmn_window` frames centred on each frame, shifted to lie
+    inside the utterance near its edges (Kaldi `apply-cmvn-sliding --center=true --norm-vars=false`).
+    Statistics are accumulated in float64, a block of rows at a time (no full-size temporaries).
+    """
+    n = len(feats)
+    if norm == "none" or n == 0:
+        return feats
+    if norm == "sliding":
+        _sliding_cmn(feats, cmn_window)
+        return feats
+    if norm not in ("cmn", "cmvn"):
+        raise SpkidError(f"unknown norm {norm!r}; choose from {', '.join(get_args(Norm))}")
+    rows = 1 << 16
+    mean = sum(feats[i : i + rows].sum(axis=0, dtype=np.float64) for i in range(0, n, rows)) / n
+    std = None
+    if norm == "cmvn":
+        sq = sum((((feats[i : i + rows] - mean) ** 2).sum(axis=0)) for i in range(0, n, rows))
+        std = np.sqrt(sq / n)
+        std[std < 1e-10] = 1.0
+    for i in range(0, n, rows):
+        block = feats[i : i + rows]
+        block -= mean.astype(np.float32)
+        if std is not None:
+            block /= std.astype(np.float32)
+    return feats
+
+
+def _sliding_cmn(x: np.ndarray, window: int) -> None:
+    n = len(x)
+    t = np.arange(n, dtype=np.int64)
+    start = t - window // 2
+    end = start + window
+    end -= np.minimum(start, 0)
+    start = np.maximum(start, 0)
+    over = np.maximum(end - n, 0)
+    start = np.maximum(start - over, 0)
+    end -= over
+    rows = max(1 << 14, window)
+    saved = x[:0].astype(np.float64)  # original (pre-normalisation) rows [a - len(saved), a)
+    for a in range(0, n, rows):
+        b = min(n, a + rows)
+        lo, hi = int(start[a]), int(end[b - 1])
+        seg = np.concatenate([saved[len(saved) - (a - lo) :] if a > lo else saved[:0], x[a:hi].astype(np.float64)])
+        cs = np.zeros((len(seg) + 1, x.shape[1]))
+        np.cumsum(seg, axis=0, out=cs[1:])
+        ws, we = start[a:b] - lo, end[a:b] - lo
+        means = (cs[we] - cs[ws]) / (we - ws)[:, None]
+        keep_from = max(lo, b - window)
+        saved = seg[keep_from - lo : b - lo].copy()
+        x[a:b] -= means.astype(np.float32)
+
+
+def fbank(signal: np.ndarray, sample_rate: int = 16000, **options: Any) -> np.ndarray:
+    """Log Mel filterbank `(frames, n_filters)` float32; options are `FeatureConfig` fields."""
+    return compute(signal, FeatureConfig(kind="fbank", sample_rate=sample_rate, **options))
+
+
+def mfcc(signal: np.ndarray, sample_rate: int = 16000, **options: Any) -> np.ndarray:
+    """MFCC `(frames, n_ceps)` float32; options are `FeatureConfig` fields."""
+    return compute(signal, FeatureConfig(kind="mfcc", sample_rate=sample_rate, **options))
+
+
+def specdb(signal: np.ndarray, sample_rate: int = 16000, **options: Any) -> np.ndarray:
+    """Log magnitude spectrum `(frames, nfft // 2 + 1)` float32 (20*log10|X| by default); options are
+    `FeatureConfig` fields."""
+    return compute(signal, FeatureConfig(kind="specdb", sample_rate=sample_rate, **options))
+
+
+def spectrogram(signal: np.ndarray, sample_rate: int = 16000, **options: Any) -> np.ndarray:
+    """Magnitude spectrum |X| `(frames, nfft // 2 + 1)` float32; options are `FeatureConfig` fields."""
+    return compute(signal, FeatureConfig(kind="spectrogram", sample_rate=sample_rate, **options))

@@ -1,0 +1,184 @@
+"""`spkid vad`: the seed-compatible (N, 2) array, spans, --segments, --trim, refusals, and real pipes."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import sh
+
+SR = 16000
+LEAD = SR  # one second of silence before and after each utterance
+
+
+def voice_span(x: np.ndarray) -> tuple[int, int]:
+    """First and last sample of the 10 ms frames within 35 dB of the loud ones (the benchmark's reference rule)."""
+    n = len(x) // 160
+    e = 10 * np.log10(np.mean(x[: n * 160].reshape(n, 160) ** 2, axis=1) + 1e-12)
+    on = np.flatnonzero(e > np.percentile(e, 95) - 35)
+    return int(on[0]) * 160, int(on[-1] + 1) * 160
+
+
+@pytest.fixture
+def speech_list(tmp_path: Path, shared_data: Path) -> tuple[Path, list[tuple[int, int]]]:
+    """Three real utterances, each with 1 s of near-silence around it, in a list; returns (list, voice spans)."""
+    rng = np.random.default_rng(0)
+    paths, spans = [], []
+    for spk in ("103", "1034", "1040"):
+        src = sorted((shared_data / "librispeech_tc100" / spk).glob("*.flac"))[0]
+        x, sr = sf.read(src, dtype="float32")
+        y = np.concatenate([np.zeros(LEAD), x, np.zeros(LEAD)]) + 1e-4 * rng.standard_normal(len(x) + 2 * LEAD)
+        p = tmp_path / "in" / spk / f"{spk}.wav"
+        p.parent.mkdir(parents=True)
+        sf.write(p, y, SR, subtype="PCM_16")
+        paths.append(p)
+        s, e = voice_span(x)
+        spans.append((LEAD + s, LEAD + e))
+    lst = tmp_path / "speech.txt"
+    lst.write_text("".join(f"{p}\n" for p in paths))
+    return lst, spans
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def test_seed_compatible_windows_from_a_list(speech_list, tmp_path):
+    lst, spans = speech_list
+    proc = sh(f"spkid vad {lst} 16000 > {tmp_path}/vad.npy", check=True)
+    out = np.load(tmp_path / "vad.npy")
+    assert out.dtype == np.int64 and out.shape == (3, 2)
+    assert np.all(out[:, 1] - out[:, 0] == 16000)
+    for (s, e), (vs, ve) in zip(out, spans):
+        assert vs - 0.3 * SR <= s and e <= ve + 0.3 * SR  # the window lies on the voice
+    assert b"warning" not in proc.stderr
+
+
+def test_span_without_length_and_a_real_stdin_pipe(speech_list):
+    lst, spans = speech_list
+    out = load_npy(sh(f"cat {lst} | spkid vad - | cat", check=True).stdout)
+    assert out.shape == (3, 2)
+    for (s, e), (vs, ve) in zip(out, spans):
+        # the silence around the utterance is not voice, and most of the utterance is (the reference rule also
+        # counts a recording's low-level tail, 20-35 dB below the speech, which the detector may leave out)
+        assert vs - 0.3 * SR <= s < vs + 0.3 * SR and e <= ve + 0.3 * SR and e - s > 0.6 * (ve - vs)
+
+
+def test_file_shorter_than_length_gives_the_whole_file(tmp_path, shared_data):
+    x, _ = sf.read(sorted((shared_data / "librispeech_tc100" / "103").glob("*.flac"))[0], dtype="float32")
+    p = tmp_path / "short.wav"
+    sf.write(p, x[: SR // 2 * 3], SR)  # 1.5 s
+    out = load_npy(sh(f"spkid vad {p} 32000", check=True).stdout)
+    assert out.tolist() == [[0, SR // 2 * 3]]
+
+
+def test_silence_and_noise_get_zero_rows_and_a_warning(tmp_path, speech_list):
+    lst, _ = speech_list
+    rng = np.random.default_rng(1)
+    sf.write(tmp_path / "silence.wav", np.zeros(2 * SR), SR)
+    sf.write(tmp_path / "noise.wav", 0.05 * rng.standard_normal(3 * SR), SR)
+    first = lst.read_text().splitlines()[0]
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text(f"{tmp_path}/silence.wav\n{first}\n{tmp_path}/noise.wav\n")
+    proc = sh(f"spkid vad {mixed} 16000", check=True)
+    out = load_npy(proc.stdout)
+    assert out[0].tolist() == [0, 0] and out[2].tolist() == [0, 0] and out[1, 1] - out[1, 0] == 16000
+    err = proc.stderr.decode()
+    assert "silence.wav: no voice found" in err and "noise.wav: no voice found" in err
+
+
+@pytest.mark.parametrize("case", ["stereo", "rate"])
+def test_stereo_and_other_rates_are_refused_with_a_hint(tmp_path, case):
+    x = 0.1 * np.random.default_rng(0).standard_normal(SR)
+    p = tmp_path / f"{case}.wav"
+    if case == "stereo":
+        sf.write(p, np.stack([x, x], axis=1), SR)
+    else:
+        sf.write(p, x, 8000)
+    proc = sh(f"spkid vad {p} > {tmp_path}/out.npy")
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert err.startswith("spkid vad: error:") and "spkid convert" in err and str(p) in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_segments_shape_and_shard_positions(speech_list):
+    lst, spans = speech_list
+    out = load_npy(sh(f"spkid vad --segments {lst}", check=True).stdout)
+    assert out.dtype == np.int64 and out.ndim == 2 and out.shape[1] == 3
+    assert set(out[:, 0].tolist()) == {0, 1, 2}
+    assert np.all(out[:, 2] > out[:, 1])
+    for i in range(3):
+        s = out[out[:, 0] == i, 1:]
+        assert np.all(s[1:, 0] > s[:-1, 1])  # sorted, disjoint
+    shard = load_npy(sh(f"spkid vad --segments --shard 2/2 {lst}", check=True).stdout)
+    assert shard.tolist() == out[out[:, 0] == 1].tolist()  # entry index is the position in the whole list
+    parallel = load_npy(sh(f"spkid vad --segments -j 2 {lst}", check=True).stdout)
+    assert parallel.tolist() == out.tolist()
+
+
+def test_trim_writes_voiced_audio_and_the_new_list(speech_list, tmp_path):
+    lst, spans = speech_list
+    silent = tmp_path / "in" / "quiet" / "silence.wav"
+    silent.parent.mkdir()
+    sf.write(silent, np.zeros(SR), SR)
+    full = tmp_path / "all.txt"
+    full.write_text(lst.read_text() + f"{silent}\n")
+    proc = sh(f"spkid vad --trim -d {tmp_path}/voiced < {full}", check=True)
+    listed = [line.split("\t") for line in proc.stdout.decode().splitlines()]
+    assert [label for _, label in listed] == ["103", "1034", "1040"]  # the silent file is left out, with a warning
+    assert "silence.wav: no voice found" in proc.stderr.decode()
+    segs = load_npy(sh(f"spkid vad --segments {lst}", check=True).stdout)
+    for i, (path, label) in enumerate(listed):
+        assert Path(path) == tmp_path / "voiced" / label / f"{label}.flac"
+        y, sr = sf.read(path)
+        s = segs[segs[:, 0] == i]
+        assert sr == SR and len(y) == int(np.sum(s[:, 2] - s[:, 1]))
+        assert len(y) < spans[i][1] - spans[i][0] + 0.5 * SR  # the 2 s of silence around the voice are gone
+
+
+@pytest.mark.parametrize("args", [["--trim"], ["--trim", "-d", "x", "16000"], ["--segments", "16000"], ["-d", "x"]])
+def test_usage_errors_exit_2(wav_list, args):
+    from typer.testing import CliRunner
+
+    from spkid.cli import app
+
+    result = CliRunner().invoke(app, ["vad", str(wav_list), *args])
+    assert result.exit_code == 2, result.output
+
+
+def test_skip_bad_keeps_rows_aligned(speech_list, tmp_path):
+    lst, _ = speech_list
+    bad = tmp_path / "bad.txt"
+    bad.write_text(lst.read_text().splitlines()[0] + f"\n{tmp_path}/missing.wav\n")
+    strict = sh(f"spkid vad {bad} 16000")
+    assert strict.returncode == 1 and strict.stdout == b"" and "missing.wav" in strict.stderr.decode()
+    lenient = sh(f"spkid vad --skip-bad {bad} 16000", check=True)
+    out = load_npy(lenient.stdout)
+    assert out.shape == (2, 2) and out[1].tolist() == [0, 0] and out[0, 1] - out[0, 0] == 16000
+
+
+@pytest.mark.skipif(importlib.util.find_spec("spkid.cli.features") is None, reason="spkid features not written yet")
+def test_trim_pipes_into_features(speech_list, tmp_path):
+    lst, _ = speech_list
+    proc = sh(f"spkid vad --trim -d {tmp_path}/v < {lst} | spkid features -d {tmp_path}/f", check=True)
+    assert len(proc.stdout.decode().splitlines()) == 3
+
+
+def test_vad_command_never_imports_torch(wav_list, tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from spkid.cli import main\n"
+        f"try:\n    main(['vad', '--segments', '-o', {str(tmp_path / 'o.npy')!r}, {str(wav_list)!r}])\n"
+        "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert np.load(tmp_path / "o.npy").shape[1] == 3

@@ -1,0 +1,155 @@
+"""`spkid train`: configs, a tiny run that learns 3 generated speakers, resume after kill -9, DDP on gloo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import get_args
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import REPO, sh  # noqa: E402
+from spkid import modelfile, training  # noqa: E402
+from spkid.cli.train import LossName, ModelName  # noqa: E402
+from spkid.errors import SpkidError  # noqa: E402
+from spkid.losses import LOSSES  # noqa: E402
+from spkid.models import MODELS  # noqa: E402
+
+CONFIGS = sorted((REPO / "configs").glob("*.toml"))
+FAST = "-m thin_resnet --small --loss softmax --crop 0.8 -b 12 --val-speakers 0 --threads 1 --seed 3"
+
+
+def test_cli_choices_match_the_registries():
+    assert get_args(ModelName) == tuple(MODELS)
+    assert get_args(LossName) == tuple(LOSSES)
+
+
+def test_every_registered_model_has_a_config():
+    assert {training.load_config(c).model for c in CONFIGS} == set(MODELS)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_configs_load_and_build(path: Path):
+    cfg = training.load_config(path)
+    assert cfg.description
+    feats = cfg.frontend()
+    net = training.build_model(cfg.model, **cfg.model_arguments(feats.dims))
+    out = net(torch.zeros(2, 150, feats.dims))
+    assert out.shape == (2, cfg.embed_dim)
+
+
+def test_unknown_config_key_is_an_error(tmp_path: Path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('model = "ecapa_tdnn"\nepohcs = 3\n')
+    with pytest.raises(SpkidError, match=r"unknown keys \['epohcs'\]"):
+        training.load_config(bad)
+    bad.write_text('augment = { nosie = true }\n')
+    with pytest.raises(SpkidError, match="augment: unknown keys"):
+        training.load_config(bad)
+
+
+def test_tiny_run_learns_three_speakers(wav_list: Path, tmp_path: Path):
+    model = tmp_path / "m.pt"
+    proc = sh(f"spkid train {wav_list} -o {model} {FAST} --epochs 6 --steps 5 --lr 3e-3", check=True)
+    assert proc.stdout == b""  # stdout is for data only
+    log = [json.loads(line) for line in (tmp_path / "m.run" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 6
+    assert log[-1]["loss"] < 0.5 * log[0]["loss"] and log[-1]["accuracy"] > 0.9
+    net, spec = modelfile.load(model)
+    assert spec.model["name"] == "thin_resnet" and spec.features["kind"] == "fbank"
+    assert spec.training["epochs_done"] == 6 and spec.training["speakers"] == 3
+    blob = torch.load(model, weights_only=True)
+    assert blob["format"] == "spkid-model/1" and json.loads(blob["config"])["model"]["name"] == "thin_resnet"
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(wav_list: Path, tmp_path: Path):
+    args = f"{FAST} --epochs 4 --crop 0.5"
+    sh(f"spkid train {wav_list} -o {tmp_path / 'a.pt'} {args}", check=True)
+    run = tmp_path / "b.run"
+    proc = subprocess.Popen(["bash", "-c", f"exec spkid train {wav_list} -o {tmp_path / 'b.pt'} {args}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "log.jsonl").exists() or len((run / "log.jsonl").read_text().splitlines()) < 2:
+        assert time.time() < deadline and proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "b.pt").exists()
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")] or True  # a kill -9 may leave a temp file
+    sh(f"spkid train {wav_list} -o {tmp_path / 'b.pt'} {args} --resume", check=True)
+    a, b = torch.load(tmp_path / "a.pt", weights_only=True), torch.load(tmp_path / "b.pt", weights_only=True)
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log][-2:] == [3, 4]
+
+
+def test_resume_errors(wav_list: Path, tmp_path: Path):
+    proc = sh(f"spkid train {wav_list} -o {tmp_path / 'x.pt'} {FAST} --epochs 1 --resume")
+    assert proc.returncode == 1 and "--resume: no checkpoint" in proc.stderr.decode()
+    sh(f"spkid train {wav_list} -o {tmp_path / 'x.pt'} {FAST} --epochs 1", check=True)
+    proc = sh(f"spkid train {wav_list} -o {tmp_path / 'x.pt'} {FAST} --epochs 1 --lr 0.5 --resume")
+    assert proc.returncode == 1 and "different config" in proc.stderr.decode()
+
+
+def test_bad_inputs(tmp_path: Path, wav_list: Path):
+    proc = sh(f"spkid train {wav_list} -o {tmp_path / 'x.pt'} --config {tmp_path / 'nope.toml'}")
+    assert proc.returncode == 1 and "no such config file" in proc.stderr.decode()
+    proc = sh(f"spkid train {wav_list} -o {tmp_path / 'x.pt'} --model nosuch")
+    assert proc.returncode == 2
+    proc = sh(f"spkid train {wav_list} -o {tmp_path / 'x.pt'} {FAST} --val-speakers 3")
+    assert proc.returncode == 1 and "cannot spare 3 for validation" in proc.stderr.decode()
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_noise_augmentation_and_ge2e_batches(wav_list: Path, tmp_path: Path, speaker_dir: Path):
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    shutil.copy(sorted(speaker_dir.rglob("*.wav"))[0], noise / "n.wav")
+    proc = sh(f"spkid train {wav_list} -o {tmp_path / 'g.pt'} -m lstm_ge2e --small --loss ge2e -b 8 "
+              f"--crop 0.5 --epochs 1 --val-speakers 0 --noise {noise} --threads 1", check=True)
+    assert proc.returncode == 0
+    spec, _ = modelfile.read(tmp_path / "g.pt")
+    assert spec.training["config"]["augment"]["noise"] is True
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+                    reason="torchrun not installed")
+def test_torchrun_two_cpu_processes_on_gloo(wav_list: Path, tmp_path: Path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(torchrun), "--nproc-per-node", "2", "--master-port", "29517", "-m", "spkid", "train", str(wav_list),
+         "-o", str(tmp_path / "d.pt"), *FAST.split(), "--epochs", "2", "--device", "cpu"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    spec, _ = modelfile.read(tmp_path / "d.pt")
+    assert spec.training["processes"] == 2 and spec.training["epochs_done"] == 2
+
+
+def test_fine_tune_from_the_pretrained_encoder(wav_list: Path, tmp_path: Path):
+    """`--init resemblyzer`: the pretrained model decides architecture, front end and windows; training goes on."""
+    from spkid import pretrained
+
+    try:
+        pretrained.weights_path()
+    except SpkidError:
+        pytest.skip("resemblyzer not installed (pip install 'spkid[pretrained]')")
+    env = f"XDG_CACHE_HOME={tmp_path / 'cache'}"
+    sh(f"{env} spkid train {wav_list} -o {tmp_path / 'ft.pt'} --init resemblyzer -m lstm_ge2e --loss ge2e -b 8 "
+       f"--epochs 1 --steps 2 --val-speakers 0 --crop 1.6 --threads 1", check=True)
+    spec, state = modelfile.read(tmp_path / "ft.pt")
+    start = pretrained.state_dict()
+    assert spec.features["kind"] == "ge2e_mel" and spec.model["kwargs"]["hidden"] == 256
+    assert not torch.equal(state["linear.weight"], start["linear.weight"])  # it trained
+    proc = sh(f"spkid train {wav_list} -o {tmp_path / 'x.pt'} --init resemblyzer -m ecapa_tdnn")
+    assert proc.returncode == 1 and "use --model lstm_ge2e" in proc.stderr.decode()

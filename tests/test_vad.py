@@ -1,0 +1,171 @@
+"""spkid.vad: windows and spans (against brute force), post-processing known answers, input checks, the shipped
+model on real speech with noise and on held-out music, and no torch on the path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spkid import vad
+from spkid.errors import SpkidError
+
+SR = 16000
+
+
+def brute_best(segs: np.ndarray, n: int, length: int) -> tuple[int, int]:
+    mask = np.zeros(n, np.int64)
+    for s, e in segs:
+        mask[s:e] = 1
+    c = np.concatenate([[0], np.cumsum(mask)])
+    cover = c[length:] - c[: n - length + 1]
+    start = int(np.argmax(cover))
+    return start, start + length
+
+
+@st.composite
+def segment_sets(draw):
+    n = draw(st.integers(50, 400))
+    cuts = sorted(set(draw(st.lists(st.integers(0, n), min_size=2, max_size=12))))
+    pairs = [(a, b) for a, b in zip(cuts[::2], cuts[1::2]) if b > a]
+    return np.array(pairs, np.int64).reshape(-1, 2), n
+
+
+@settings(max_examples=200, deadline=None)
+@given(segment_sets(), st.integers(1, 400))
+def test_best_window_matches_brute_force(case, length):
+    segs, n = case
+    got = vad.best_window(segs, n, length)
+    if len(segs) == 0:
+        assert got == (0, 0)
+    elif n <= length:
+        assert got == (0, n)
+    else:
+        assert got == brute_best(segs, n, length)
+
+
+def test_best_window_known_answers():
+    segs = np.array([[100, 200], [1000, 1500]])
+    assert vad.best_window(segs, 3000, 600) == (900, 1500)  # earliest window holding all 500 voiced samples
+    assert vad.best_window(segs, 3000, 100) == (100, 200)
+    assert vad.best_window(segs, 400, 16000) == (0, 400)  # shorter than LENGTH: the whole file
+    assert vad.best_window(np.zeros((0, 2)), 3000, 600) == (0, 0)
+    with pytest.raises(SpkidError):
+        vad.best_window(segs, 3000, 0)
+
+
+def test_span_and_voiced():
+    segs = np.array([[10, 20], [30, 35]])
+    assert vad.span(segs) == (10, 35)
+    assert vad.span(np.zeros((0, 2))) == (0, 0)
+    x = np.arange(50)
+    assert vad.voiced(x, segs).tolist() == list(range(10, 20)) + list(range(30, 35))
+    assert len(vad.voiced(x, np.zeros((0, 2)))) == 0
+
+
+def test_post_processing_known_answers():
+    cfg = vad.VadConfig(frame=0.01, hop=0.01, threshold=0.5, min_speech=0.1, min_silence=0.2, padding=0.0)
+    p = np.zeros(300)
+    p[20:60] = 0.9  # 400 ms of speech
+    p[70:100] = 0.9  # after a 100 ms pause: filled
+    p[150:155] = 0.9  # 50 ms blip: dropped
+    p[200:260] = 0.9
+    p[260:280] = 0.4  # hysteresis: above the offset threshold (0.35), stays speech
+    p[280:300] = 0.3
+    segs = vad.segments_from_prob(p, 300 * 160, cfg)
+    assert segs.tolist() == [[20 * 160, 100 * 160], [200 * 160, 280 * 160]]
+    padded = vad.segments_from_prob(p, 300 * 160, vad.VadConfig(frame=0.01, padding=0.5))
+    assert padded.tolist() == [[0, 300 * 160]]  # 0.5 s padding merges everything and is clipped to the signal
+    coarse = vad.segments_from_prob(p, 300 * 160, vad.VadConfig(frame=0.04, hop=0.04, padding=0.0))
+    assert coarse.dtype == np.int64 and np.all(coarse % 640 == 0)
+    assert vad.segments_from_prob(np.full(100, 0.4), 16000, cfg).shape == (0, 2)
+
+
+def test_config_is_checked():
+    for bad in (dict(hop=0.015), dict(hop=0.02, frame=0.01), dict(threshold=1.5), dict(min_speech=-1),
+                dict(threshold=0.3, neg_threshold=0.6)):
+        with pytest.raises(SpkidError):
+            vad.VadConfig(**bad)
+
+
+def test_input_is_checked_with_a_hint():
+    x = np.zeros(SR, np.float32)
+    with pytest.raises(SpkidError, match="spkid convert"):
+        vad.speech_prob(x, 8000)
+    with pytest.raises(SpkidError, match="spkid convert"):
+        vad.segments(np.zeros((SR, 2), np.float32), SR)
+    assert vad.speech_prob(np.zeros((SR, 1), np.float32), SR).shape == (100,)
+    assert vad.speech_prob((x * 0).astype(np.int16), SR).shape == (100,)
+
+
+def test_frontend_puts_a_tone_in_its_band():
+    fe = vad.Frontend()
+    t = np.arange(SR) / SR
+    feats = fe(np.sin(2 * np.pi * 1000 * t).astype(np.float32))
+    assert feats.shape == (SR // fe.hop, fe.n_mels + fe.n_lin)
+    _, mel = fe.filters
+    bin_1k = int(1000 / (SR / fe.n_fft))
+    assert np.argmax(feats[10, : fe.n_mels]) == np.argmax(mel[bin_1k])
+    assert np.argmax(feats[10, fe.n_mels :]) + fe.lin_from == bin_1k
+
+
+def test_prob_shapes_and_silence():
+    for n in (0, 100, 159, 160, 16000, 16321):
+        p = vad.speech_prob(np.zeros(n, np.float32), SR)
+        assert p.shape == (n // 160,) and p.dtype == np.float32
+    rng = np.random.default_rng(0)
+    assert vad.segments(np.zeros(3 * SR, np.float32), SR).shape == (0, 2)
+    assert vad.segments(1e-4 * rng.standard_normal(3 * SR).astype(np.float32), SR).shape == (0, 2)
+    assert vad.segments(0.1 * rng.standard_normal(3 * SR).astype(np.float32), SR).shape == (0, 2)
+
+
+def test_shipped_model_is_small_and_described():
+    assert vad.MODEL_PATH.stat().st_size < 1_000_000
+    m = vad.load_model()
+    assert m.meta["format"] == "spkid-vad/1" and m.meta["frontend"]["hop"] % 160 == 0
+
+
+def test_no_torch_on_the_path():
+    code = ("import sys, numpy as np; from spkid import vad; "
+            "vad.segments(np.zeros(16000, np.float32), 16000); assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "vad.py"
+    spec = importlib.util.spec_from_file_location("bench_vad_for_tests", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_accuracy_on_real_speech_in_noise_and_music(shared_data):
+    """Loose bounds on held-out material: speech in noise and music at 10 dB, and the pure held-out music,
+    effects and noise (bench/vad.py measures the same thing in full)."""
+    bench = _bench()
+    rng = np.random.default_rng(3)
+    clips = bench.bench_nonspeech()
+    tap = next(c for c in clips if c.name == "running_tap.flac")
+    music = next(c for c in clips if c.kind == "music")
+    agree = []
+    for i, spk in enumerate(bench.bench_speakers()[:4]):
+        speech, ref = bench.make_session(rng, bench.speaker_files(spk)[:2])
+        y = bench.mix(speech, ref, bench.crop(rng, (tap, music)[i % 2].signal, len(speech)), 10)
+        hyp = bench.frames_from_segments(vad.segments(y.astype(np.float32), SR), len(ref))
+        k = bench.scored(ref)
+        agree.append(np.mean(hyp[k] == ref[k]))
+    assert np.mean(agree) > 0.88, agree
+    totals: dict[str, np.ndarray] = {}
+    for c in clips:
+        hyp = bench.frames_from_segments(vad.segments(c.signal, SR), len(c.signal) // 160)
+        totals[c.kind] = totals.get(c.kind, np.zeros(2)) + [hyp.sum(), len(hyp)]
+    share = {kind: flagged / frames for kind, (flagged, frames) in totals.items()}
+    assert share["noise"] < 0.02 and share["effect"] < 0.05 and share["music"] < 0.08, share
