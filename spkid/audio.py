@@ -7,6 +7,7 @@ Every failure is a `SpkidError` naming the file.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 from fractions import Fraction
@@ -108,28 +109,40 @@ def _ffmpeg_reason(stderr: str) -> str:
 
 def downmix(data: np.ndarray) -> np.ndarray:
     """`(samples, channels)` -> mono `(samples,)` by averaging channels."""
-    return data[:, 0].copy() if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+    if data.shape[1] == 1:
+        return data[:, 0].copy()
+    # a matrix-vector product: several times faster than a strided .mean(axis=1) on (samples, channels)
+    return data.astype(np.float32, copy=False) @ np.full(data.shape[1], 1 / data.shape[1], np.float32)
 
 
 def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     """Resample mono float32 with scipy's polyphase filter, anti-aliased at the lower Nyquist frequency.
 
-    The low-pass is a Kaiser-window FIR designed for 80 dB stopband attenuation with the transition band
-    from 90 % to 100 % of the lower Nyquist: everything above the new Nyquist is attenuated by at least 60 dB
-    (scipy's default filter leaves aliases near -25 dB just above it), and the band to 0.9 x Nyquist is flat.
+    The low-pass is a Kaiser-window FIR designed for 70 dB stopband attenuation with the transition band
+    from 85 % to 100 % of the lower Nyquist: everything above the new Nyquist is attenuated by at least 60 dB
+    (scipy's default filter leaves aliases near -25 dB just above it), and the band to 0.85 x Nyquist is flat
+    (6.8 kHz at 16 kHz). A narrower transition costs filter length: 80 dB from 90 % doubles the time.
     """
     if rate_in == rate_out:
         return x
-    from scipy.signal import firwin, kaiserord, resample_poly
+    from scipy.signal import resample_poly
+
+    up, down, h = _lowpass(rate_in, rate_out)
+    y = resample_poly(x.astype(np.float32, copy=False), up, down, window=h)
+    return y.astype(np.float32, copy=False)
+
+
+@functools.lru_cache(maxsize=16)
+def _lowpass(rate_in: int, rate_out: int) -> tuple[int, int, np.ndarray]:
+    from scipy.signal import firwin, kaiserord
 
     frac = Fraction(rate_out, rate_in)
     up, down = frac.numerator, frac.denominator
     max_rate = max(up, down)
-    numtaps, beta = kaiserord(80.0, 0.1 / max_rate)
-    numtaps |= 1
-    h = firwin(numtaps, 0.95 / max_rate, window=("kaiser", beta))
-    y = resample_poly(x.astype(np.float32, copy=False), up, down, window=h)
-    return y.astype(np.float32, copy=False)
+    numtaps, beta = kaiserord(70.0, 0.15 / max_rate)
+    h = firwin(numtaps | 1, 0.925 / max_rate, window=("kaiser", beta))
+    h.flags.writeable = False
+    return up, down, h
 
 
 def load(path: str | Path, rate: int | None = None, mono: bool = True) -> tuple[np.ndarray, int]:
