@@ -1,4 +1,5 @@
 # One venv for everything: torch 2.13.0 (CPU build) goes in before the project, so pip never pulls a CUDA build.
+# webrtcvad-wheels replaces resemblyzer's webrtcvad, which imports pkg_resources (gone from new setuptools).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -11,7 +12,6 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[test,plot,pretrained]'
-	# resemblyzer's webrtcvad imports pkg_resources, gone from new setuptools; the wheels build does not
 	$(BIN)/python -m pip install -q --force-reinstall --no-deps webrtcvad-wheels
 	touch $(STAMP)
 
@@ -22,6 +22,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
+
+docs: $(STAMP)
+	$(BIN)/python -m spkid.cli._docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache
