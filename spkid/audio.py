@@ -17,7 +17,7 @@ import numpy as np
 import soundfile as sf
 
 from spkid.errors import SpkidError
-from spkid.streams import atomic_path
+from spkid.streams import LIST_SUFFIXES, atomic_path
 
 FFMPEG_SUFFIXES = (".m4a", ".aac", ".mp4", ".opus", ".webm", ".wma", ".m4b", ".3gp", ".amr", ".mka", ".mkv")
 FORMATS = {"flac": ("FLAC", ".flac"), "wav": ("WAV", ".wav")}
@@ -34,6 +34,8 @@ def read(path: str | Path) -> tuple[np.ndarray, int]:
         raise AudioError(f"{path}: is a directory, expected an audio file")
     if not path.exists():
         raise AudioError(f"{path}: no such file")
+    if path.suffix.lower() in LIST_SUFFIXES:
+        raise AudioError(f"{path}: is a list file, not audio; a list names audio files, not other lists")
     if path.suffix.lower() in FFMPEG_SUFFIXES:
         return _read_ffmpeg(path)
     try:

@@ -300,6 +300,10 @@ class Preparer:
                              f"({self.front.to_dict().get('kind')}); compute features with the model's config")
         if len(feats) == 0:
             raise SpkidError(f"{name}: no feature frames")
+        finite = np.isfinite(feats).all(axis=1)
+        if not finite.all():
+            raise SpkidError(f"{name}: NaN or Inf in {int((~finite).sum())} feature frame(s), e.g. frame "
+                             f"{int(np.argmin(finite))}; recompute the features")
         cfg = EmbedConfig(self.cfg.window_s, self.cfg.hop_s, self.cfg.min_s, self.cfg.min_coverage, "shift")
         starts, length = window_starts(len(feats) * self.front.frame_step, len(feats), self.front.frame_step,
                                        self.win_frames, self.hop_frames, cfg)

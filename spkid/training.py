@@ -5,7 +5,7 @@ that train with DistributedDataParallel (NCCL on GPUs, gloo on CPUs), each on it
 Rank 0 alone validates, logs and writes files.
 
 Run folder (`--run-dir`, default `<output>.run/`): `config.json` (the resolved config), `checkpoint.pt`
-(atomic, after every epoch: model, loss, optimiser, schedule, scaler, epoch, speakers), `log.jsonl` (one line
+(atomic, after every epoch: model, loss, optimiser, scaler, epoch, history, speakers), `log.jsonl` (one line
 per epoch: loss, accuracy, validation EER, crops/s). The final model file (DESIGN.md) goes to `--output`.
 """
 
@@ -320,7 +320,7 @@ def train(
         ckpt = _load_checkpoint(ckpt_path)
         saved = json.loads(ckpt["config"])
         if {k: v for k, v in saved.items() if k != "time_budget"} != {
-                k: v for k, v in _jsonable(cfg).items() if k != "time_budget"}:
+                k: v for k, v in config_dict(cfg).items() if k != "time_budget"}:
             raise SpkidError(f"--resume: {ckpt_path} was made with a different config; use the same options")
         net.load_state_dict(ckpt["model"])
         loss_fn.load_state_dict(ckpt["loss"])
@@ -331,7 +331,7 @@ def train(
     if dist_info.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_write(run_dir / "config.json", "w") as f:
-            json.dump(_jsonable(cfg), f, indent=2, sort_keys=True)
+            json.dump(config_dict(cfg), f, indent=2, sort_keys=True)
         log.info("%s: %d parameters, %d training speakers (%d classes), %d utterances, %d validation speakers, "
                  "device %s, %d process(es)", cfg.model, count_parameters(net), len(train_spk), n_classes,
                  len(train_utts), len(val_spk), device, dist_info.world)
@@ -397,7 +397,7 @@ def train(
                 log.info("time budget of %g s reached in epoch %d", cfg.time_budget, epoch + 1)
             break
 
-    summary = {"config": _jsonable(cfg), "speakers": len(train_spk), "classes": n_classes,
+    summary = {"config": config_dict(cfg), "speakers": len(train_spk), "classes": n_classes,
                "utterances": len(train_utts), "validation_speakers": val_spk, "parameters": count_parameters(net),
                "epochs_done": history[-1]["epoch"] if history else 0, "history": history,
                "train_seconds": time.perf_counter() - t_start, "device": device, "processes": dist_info.world}
@@ -418,13 +418,14 @@ def train(
     return summary
 
 
-def _jsonable(cfg: TrainConfig) -> dict[str, Any]:
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as plain JSON types (tuples become lists), as saved in config.json and model files."""
     return json.loads(json.dumps(asdict(cfg), default=list))
 
 
 def _save_checkpoint(path: Path, cfg: TrainConfig, net: nn.Module, loss_fn: nn.Module, opt, scaler,
                      epoch: int, history: list, speakers: list[str]) -> None:
-    blob = {"format": CHECKPOINT_FORMAT, "config": json.dumps(_jsonable(cfg), sort_keys=True), "epoch": epoch,
+    blob = {"format": CHECKPOINT_FORMAT, "config": json.dumps(config_dict(cfg), sort_keys=True), "epoch": epoch,
             "model": net.state_dict(), "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(),
             "scaler": scaler.state_dict(), "history": json.dumps(history),
             "speakers": speakers}

@@ -152,7 +152,9 @@ def features(
     planned = [streams.output_path(e.path, out_dir, base, ".npy") for e in entries]
     check_unique_outputs(entries, planned)
     _check_config(out_dir, cfg, overwrite)
-    with streams.atomic_write(Path(out_dir) / CONFIG_NAME, "w") as f:
+    config_path = Path(out_dir) / CONFIG_NAME
+    config_existed = config_path.exists()
+    with streams.atomic_write(config_path, "w") as f:
         f.write(json.dumps(asdict(cfg), indent=1) + "\n")
     todo = [
         (_Job(e.path, e.label, _ranges(ranges[i]) if vad else None), p)
@@ -160,6 +162,11 @@ def features(
         if overwrite or not p.exists()
     ]
     fn = partial(_features_one, cfg=cfg, out_dir=out_dir, root=base)
-    good = run_file_job(fn, [j for j, _ in todo], [p for _, p in todo], jobs=jobs, skip_bad=skip_bad, desc="features")
+    try:
+        good = run_file_job(fn, [j for j, _ in todo], [p for _, p in todo], jobs=jobs, skip_bad=skip_bad, desc="features")
+    except BaseException:
+        if not config_existed:  # a failed first run leaves no half-made folder behind
+            config_path.unlink(missing_ok=True)
+        raise
     failed = {e.path for e, _ in todo} - {e.path for e, _ in good}
     streams.write_list(Entry(str(p), e.label) for e, p in zip(entries, planned) if e.path not in failed)

@@ -86,7 +86,7 @@ def train(
         if value is not None:
             overrides[name] = value
     base = training.load_config(config) if config else training.TrainConfig()
-    raw = training._jsonable(base)
+    raw = training.config_dict(base)
     raw.update(overrides)
     if crop is not None:
         unit, value = parse_crop(crop)
