@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo docs clean
+.PHONY: install test demo recipe docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
+
+# The whole toolkit on librispeech_tc100 (recipes/librispeech.sh): BUDGET=seconds of training, CHECK_FLOOR=1 to assert.
+DATA ?= ../shared/data/librispeech_tc100
+recipe: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash recipes/librispeech.sh $(DATA) exp/librispeech
 
 docs: $(STAMP)
 	$(BIN)/python -m spkid.cli._docs

@@ -16,8 +16,7 @@ import soundfile as sf
 
 from spkid.augment import AugmentConfig, Augmenter
 from spkid.errors import SpkidError
-from spkid.embedding import Frontend
-from spkid.features import FeatureConfig
+from spkid.embedding import Frontend, read_feature_config
 from spkid.streams import Entry
 
 
@@ -71,12 +70,12 @@ def samples_for(fe: Frontend, frames: int) -> int:
     return (frames + 4) * fe.frame_step
 
 
-def find_feature_config(paths: Sequence[str]) -> FeatureConfig:
-    """The `features.json` that `spkid features` wrote above the feature files (searched upwards)."""
+def find_feature_config(paths: Sequence[str]) -> Frontend:
+    """The front end of the `features.json` that `spkid features` wrote above the feature files (searched upwards)."""
     for parent in Path(paths[0]).resolve().parents:
         cand = parent / "features.json"
         if cand.is_file():
-            return FeatureConfig.from_json(cand)
+            return read_feature_config(cand)
     raise SpkidError(f"no features.json found above {paths[0]}; train from the folder `spkid features -d` wrote")
 
 

@@ -25,6 +25,7 @@ torch is imported only when a network is loaded.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -47,6 +48,7 @@ CLIP_LEVEL = 0.999
 # with resemblyzer (default VadConfig 0.86 %, these settings 0.71 %, no VAD 1.19 %, with one version of the VAD model)
 EMBED_VAD = {"padding": 0.1, "min_silence": 0.3}
 SILENCE_DBFS = -50.0
+STATS_BLOCK = 1 << 20  # samples per block of the level and clipping statistics
 
 
 class Frontend(Protocol):
@@ -121,6 +123,17 @@ def frontend(raw: dict[str, Any], source: str = "model") -> Frontend:
         return FRONTENDS.get(raw.get("kind", ""), _feature_frontend)(dict(raw))
     except SpkidError as e:
         raise SpkidError(f"{source}: {e}") from None
+
+
+def read_feature_config(path: str | Path) -> Frontend:
+    """The front end a `features.json` describes (a FeatureConfig, or a model's own front end such as ge2e_mel)."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpkidError(f"{path}: no such file") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SpkidError(f"{path}: not a JSON feature config ({e})") from None
+    return frontend(raw, str(path))
 
 
 @dataclass(frozen=True)
@@ -254,8 +267,10 @@ class Preparer:
         if len(x) == 0:
             raise SpkidError(f"{name}: no samples")
         q = Quality(seconds=len(x) / sr, speech_seconds=len(x) / sr)
-        q.clipped = float(np.mean(np.abs(x) >= CLIP_LEVEL))
-        rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+        # in blocks: whole-signal temporaries (abs, a float64 square) would need several times a long recording
+        blocks = [x[a : a + STATS_BLOCK] for a in range(0, len(x), STATS_BLOCK)]
+        q.clipped = sum(int(np.count_nonzero(np.abs(b) >= CLIP_LEVEL)) for b in blocks) / len(x)
+        rms = math.sqrt(sum(float(np.square(b, dtype=np.float64).sum()) for b in blocks) / len(x))
         q.rms_dbfs = 20 * math.log10(rms) if rms > 0 else -math.inf
         rate = self.front.sample_rate
         if sr != rate:

@@ -29,7 +29,7 @@ from torch import nn
 from spkid import data, metrics, modelfile
 from spkid.augment import AugmentConfig
 from spkid.errors import SpkidError
-from spkid.embedding import FeatureFrontend, Frontend, frontend
+from spkid.embedding import Frontend, frontend
 from spkid.losses import LOSSES, build_loss
 from spkid.models import MODELS, SMALL, build_model, count_parameters
 from spkid.streams import Entry, atomic_write
@@ -258,11 +258,13 @@ def train(
         if init_spec.model.get("name") != cfg.model:
             raise SpkidError(f"{init}: is a {init_spec.model.get('name')!r} model, cannot initialise {cfg.model!r}; "
                              f"use --model {init_spec.model.get('name')}")
-        if is_feat:
-            raise SpkidError("--init: train from audio, so the starting model's own front end computes the features")
         cfg = replace(cfg, features=init_spec.features, model_kwargs=init_spec.model.get("kwargs", {}),
                       embed_dim=init_spec.model.get("kwargs", {}).get("embed_dim", cfg.embed_dim))
-    feat_cfg = FeatureFrontend(data.find_feature_config([u.path for u in utts])) if is_feat else cfg.frontend()
+    feat_cfg = data.find_feature_config([u.path for u in utts]) if is_feat else cfg.frontend()
+    if is_feat and init_spec is not None and feat_cfg.to_dict() != init_spec.features:
+        raise SpkidError(f"--init: the feature files were not computed with the starting model's front end "
+                         f"({init_spec.features.get('kind')}); make them with `spkid features --model` and the "
+                         "--init model, or train from audio")
     if is_feat:
         cfg = replace(cfg, features=feat_cfg.to_dict())
     train_spk, val_spk = data.split_speakers([u.speaker for u in utts], cfg.val_speakers, cfg.seed)

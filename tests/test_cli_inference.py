@@ -311,7 +311,7 @@ ERRORS = [
     (["verify", "{a}", "-g", "{g}", "--speaker", "nobody"], 1, "no speaker 'nobody' enrolled"),
     (["verify", "{a}", "-g", "{g}", "--speaker", "nobody", "-q"], 2, "no speaker 'nobody' enrolled"),
     (["verify", "--trials", "{x}/nope.txt", "-m", "{tiny}"], 1, "{x}/nope.txt: no such file"),
-    (["verify", "--trials", "{trials}", "--embeddings", "{plain}"], 1, "record no model"),
+    (["verify", "--trials", "{trials}", "--embeddings", "{plain}", "-m", "{tiny}"], 1, "record no model"),
     (["verify", "--trials", "{trials}", "-q", "-m", "{tiny}"], 2, "-q decides one trial"),
     (["verify", "{a}", "{a}", "--embeddings", "{plain}"], 1, "--embeddings goes with --trials"),
 ]
@@ -334,6 +334,19 @@ def test_error_messages_and_exit_codes(args, code, message, corpus: Path, tiny: 
     assert message.format(**names) in err, err
     if code == 1 or (code == 2 and "-q" in argv):
         assert err.startswith(f"spkid {argv[0]}: error: ") and len(err.strip().splitlines()) == 1 and out == ""
+
+
+def test_trials_scored_from_embeddings_of_any_source(tmp_path: Path):
+    """Embeddings made outside spkid (no model record) can still be scored against trials: cosine, as given."""
+    from spkid import streams
+
+    emb = tmp_path / "ext.npy"
+    streams.write_keyed(["a", "b", "c"], np.array([[1, 0], [1, 1], [0, 1]], np.float32), str(emb))
+    (tmp_path / "t.txt").write_text("a b target\na c nontarget\n")
+    proc = sh(f"spkid verify --trials {tmp_path / 't.txt'} -e - < {emb} | spkid score --json", check=True)
+    assert json.loads(proc.stdout)["eer"] == 0.0
+    lines = sh(f"spkid verify --trials {tmp_path / 't.txt'} -e {emb}", check=True).stdout.decode().splitlines()
+    assert [ln.split("\t") for ln in lines] == [["a", "b", "0.707107", "target"], ["a", "c", "0.000000", "nontarget"]]
 
 
 def test_no_bundled_model_message(corpus: Path, capsys):

@@ -153,3 +153,30 @@ def test_fine_tune_from_the_pretrained_encoder(wav_list: Path, tmp_path: Path):
     assert not torch.equal(state["linear.weight"], start["linear.weight"])  # it trained
     proc = sh(f"spkid train {wav_list} -o {tmp_path / 'x.pt'} --init resemblyzer -m ecapa_tdnn")
     assert proc.returncode == 1 and "use --model lstm_ge2e" in proc.stderr.decode()
+
+
+def test_fine_tune_from_feature_files_of_the_models_front_end(wav_list: Path, tmp_path: Path):
+    """`spkid features --model M | spkid train --init M`: the feature files carry the model's own front end;
+    feature files of other settings are refused with the command that makes the right ones."""
+    from spkid import pretrained
+
+    try:
+        pretrained.weights_path()
+    except SpkidError:
+        pytest.skip("resemblyzer not installed (pip install 'spkid[pretrained]')")
+    env = f"XDG_CACHE_HOME={tmp_path / 'cache'}"
+    proc = sh(f"{env} spkid features {wav_list} -d {tmp_path / 'mel'} --model resemblyzer "
+              f"| {env} spkid train -o {tmp_path / 'ft.pt'} --init resemblyzer -m lstm_ge2e --loss ge2e -b 8 "
+              f"--epochs 1 --steps 2 --val-speakers 0 --crop 1.6 --threads 1", check=True)
+    assert proc.returncode == 0
+    written = json.loads((tmp_path / "mel" / "features.json").read_text())
+    assert written == pretrained.MelConfig().to_dict()
+    spec, _ = modelfile.read(tmp_path / "ft.pt")
+    assert spec.features == written
+    emb = sh(f"spkid embed -m {tmp_path / 'ft.pt'} {tmp_path / 'mel'}/*/*.npy | spkid enroll -g {tmp_path / 'g'}",
+             check=True)
+    assert emb.returncode == 0
+    proc = sh(f"spkid features {wav_list} -d {tmp_path / 'fb'} | {env} spkid train -o {tmp_path / 'x.pt'} "
+              f"--init resemblyzer -m lstm_ge2e --epochs 1 --steps 1 --val-speakers 0")
+    assert proc.returncode == 1 and "make them with `spkid features --model`" in proc.stderr.decode()
+    assert not (tmp_path / "x.pt").exists()

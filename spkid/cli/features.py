@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -41,11 +41,17 @@ class _Job(Entry):
     keep: tuple[tuple[int, int], ...] | None = None
 
 
-def _features_one(job: _Job, *, cfg: FeatureConfig, out_dir: str, root: Path) -> int:
-    from spkid import features
+def _features_one(job: _Job, *, cfg: Any, out_dir: str, root: Path) -> int:
+    from spkid import audio, features
 
     keep = None if job.keep is None else np.array(job.keep, dtype=np.int64).reshape(-1, 2)
-    feats = features.compute_file(job.path, cfg, keep=keep)
+    if isinstance(cfg, FeatureConfig):
+        feats = features.compute_file(job.path, cfg, keep=keep)
+    else:  # a model's own front end (e.g. the pretrained encoder's): its `prepare`, then `compute`, of the voiced samples
+        x = audio.load_expected(job.path, cfg.sample_rate)
+        if keep is not None:
+            x = np.concatenate([x[max(a, 0) : b] for a, b in keep] or [x[:0]])
+        feats = cfg.compute(cfg.prepare(x)) if len(x) else np.zeros((0, cfg.dims), np.float32)
     if len(feats) == 0:
         raise SpkidError(f"{job.path}: no voiced frames (VAD ranges {list(job.keep or ())}); nothing to write")
     with streams.atomic_write(streams.output_path(job.path, out_dir, root, ".npy"), "wb") as f:
@@ -78,17 +84,31 @@ def _ranges(segments: np.ndarray) -> tuple[tuple[int, int], ...]:
     return tuple((int(a), int(b)) for a, b in segments)
 
 
-def _check_config(out_dir: str, cfg: FeatureConfig, overwrite: bool) -> None:
+def _model_config(model: str) -> Any:
+    """The feature config a model file records (a FeatureConfig, or its own front end's config)."""
+    from spkid import embedding, modelfile, pretrained
+
+    ref = embedding.resolve_model(model)
+    spec = pretrained.spec() if ref.pretrained else modelfile.read(ref.path)[0]
+    front = embedding.frontend(spec.features, str(ref.path))
+    return getattr(front, "cfg", front)
+
+
+def _check_config(out_dir: str, cfg: Any, overwrite: bool) -> None:
     """Refuse to mix features of two configs in one folder: an existing features.json must match."""
+    from spkid.embedding import read_feature_config
+
     path = Path(out_dir) / CONFIG_NAME
     if overwrite or not path.exists():
         return
     try:
-        old = FeatureConfig.from_json(path)
+        front = read_feature_config(path)
     except SpkidError as e:
         raise SpkidError(f"{e}; remove it, use another -d, or --overwrite") from None
+    old = getattr(front, "cfg", front)
     if old != cfg:
-        diff = ", ".join(f"{k}: {v!r} -> {asdict(cfg)[k]!r}" for k, v in asdict(old).items() if asdict(cfg)[k] != v)
+        a, b = asdict(old), asdict(cfg)
+        diff = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k))
         raise SpkidError(f"{path} was written with other settings ({diff}); use another -d, or --overwrite to redo all")
 
 
@@ -114,6 +134,7 @@ def features(
     cmn_window: Annotated[int, typer.Option("--cmn-window", min=1, metavar="FRAMES", help="Window of --norm sliding.")] = _D.cmn_window,
     vad: Annotated[str | None, typer.Option("--vad", metavar="FILE", help="Keep only frames inside voiced ranges of this `spkid vad` .npy ((N, 2) or (M, 3), made from the same list).")] = None,
     backend: Annotated[Backend, typer.Option("--backend", help="numpy (fast, bounded memory) or psf (python_speech_features itself).")] = _D.backend,
+    model: Annotated[str | None, typer.Option("--model", "-m", metavar="FILE|resemblyzer", help="Compute the features this model reads (its recorded config; the options above are ignored), e.g. to fine-tune it with `spkid train --init` from feature files.")] = None,
     root: RootOpt = None,
     jobs: JobsOpt = 1,
     shard: ShardOpt = None,
@@ -136,14 +157,18 @@ def features(
       spkid convert -d conv < raw.txt | spkid vad --trim -d voiced | spkid features -d feats > feats.txt
       spkid features wavs.txt -d mfcc --kind mfcc --n-filters 40 --n-ceps 20 --norm cmvn -j 4
       spkid vad wavs.txt 32000 > vad.npy && spkid features wavs.txt --vad vad.npy -d feats --norm sliding
+      spkid features train.txt -d mel --model resemblyzer | spkid train -m lstm_ge2e --init resemblyzer -o ft.pt
     """
-    try:
-        cfg = FeatureConfig(kind=kind, sample_rate=rate, n_filters=n_filters, win_len=win_len, win_step=win_step,
-                            nfft=nfft, preemph=preemph, low_freq=low_freq, high_freq=high_freq, window=window,
-                            log=log_type, n_ceps=n_ceps, lifter=lifter, append_energy=append_energy, norm=norm,
-                            cmn_window=cmn_window, backend=backend)
-    except SpkidError as e:
-        raise typer.BadParameter(str(e).removeprefix("feature config: ")) from None
+    if model is not None:
+        cfg = _model_config(model)
+    else:
+        try:
+            cfg = FeatureConfig(kind=kind, sample_rate=rate, n_filters=n_filters, win_len=win_len, win_step=win_step,
+                                nfft=nfft, preemph=preemph, low_freq=low_freq, high_freq=high_freq, window=window,
+                                log=log_type, n_ceps=n_ceps, lifter=lifter, append_energy=append_energy, norm=norm,
+                                cmn_window=cmn_window, backend=backend)
+        except SpkidError as e:
+            raise typer.BadParameter(str(e).removeprefix("feature config: ")) from None
     everything = streams.read_list(inputs, label_depth)
     positions = streams.shard(list(range(len(everything))), shard)
     entries = [everything[i] for i in positions]
@@ -155,7 +180,7 @@ def features(
     config_path = Path(out_dir) / CONFIG_NAME
     config_existed = config_path.exists()
     with streams.atomic_write(config_path, "w") as f:
-        f.write(json.dumps(asdict(cfg), indent=1) + "\n")
+        f.write(json.dumps(cfg.to_dict(), indent=1) + "\n")
     todo = [
         (_Job(e.path, e.label, _ranges(ranges[i]) if vad else None), p)
         for i, e, p in zip(positions, entries, planned)

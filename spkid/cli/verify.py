@@ -254,8 +254,10 @@ def _trials(path, g, embeddings, root, model, cohort, score_by, output, window, 
     if embeddings is not None:
         src = streams.read_embeddings(embeddings)
         sha = src.model_sha256
-        if sha is None:
-            raise SpkidError(f"{embeddings}: the embeddings record no model; re-create them with `spkid embed`")
+        if sha is None and (g is not None or model is not None or cohort):
+            raise SpkidError(f"{embeddings}: the embeddings record no model, so they cannot be checked against "
+                             f"{'the gallery' if g is not None else '--model' if model is not None else 'the cohort'}; "
+                             "re-create them with `spkid embed`")
         if g is not None:
             gallery.check_model(g.model_sha256, sha, f"the gallery {g.path}", f"the embeddings in {embeddings}")
         if model is not None:
