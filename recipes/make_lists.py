@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-AUDIO = (".flac", ".wav")
+AUDIO = (".flac", ".wav", ".m4a", ".mp3", ".ogg", ".opus")
 
 
 def scan(data: Path) -> list[tuple[str, str, str]]:
@@ -94,7 +94,7 @@ def main() -> None:
     a = ap.parse_args()
     rows = scan(a.data)
     if not rows:
-        raise SystemExit(f"make_lists: no .flac/.wav files under {a.data}")
+        raise SystemExit(f"make_lists: no audio files ({', '.join(AUDIO)}) under {a.data}")
     train, test = split(rows, a.test_speakers, a.seed, [s for s in a.force_test.split(",") if s])
     a.out.mkdir(parents=True, exist_ok=True)
     if a.map_to is not None:
