@@ -50,7 +50,7 @@ else
   feats=(--model "$init")
   init_args=(--init "$init")
 fi
-spkid features "${feats[@]}" -d "$work/feats" --root "$work/voiced" -j "$jobs" < "$lists/train.txt" \
+spkid features "${feats[@]}" -d "$work/feats-$init" --root "$work/voiced" -j "$jobs" < "$lists/train.txt" \
   | spkid train -c "$config" "${init_args[@]}" --val-speakers 0 --epochs 100000 --time-budget "$budget" \
       --threads "$threads" --seed 0 -o "$work/model.pt"
 
