@@ -13,6 +13,9 @@ Data split (see bench/vad.py for the benchmark side; nothing the benchmark score
 - synthetic non-speech for variety: harmonic "music" (notes with stable pitch, chords, bass, drums, vibrato),
   tones, sweeps, click trains, coloured and amplitude-modulated noise; the real music is also played at other
   speeds. Speech gets speed (0.9-1.1), gain, band-limiting and synthetic reverberation.
+- `--unseen-music CLIP ...` keeps whole training-side music clips out of training and scores them in the dev
+  report: a check of generalisation to music never heard (the dev ranges of trained clips are too easy: every
+  model so far flags 0 % of them).
 Labels come from the dry speech with the benchmark's reference rule (35 dB below loud frames, pauses < 200 ms filled).
 """
 
@@ -61,14 +64,16 @@ def split_speakers() -> tuple[list[str], list[str]]:
     return [s for s in rest if s not in dev], dev
 
 
-def real_nonspeech(part: str) -> list[bench.Clip]:
-    """Training ('train') or dev ('dev') ranges of the real noise, music and effect clips not held out."""
+def real_nonspeech(part: str, unseen: tuple[str, ...] = ()) -> list[bench.Clip]:
+    """Training ('train') or dev ('dev') ranges of the real noise, music and effect clips not held out.
+
+    Clips named in `unseen` are left out of both (see `--unseen-music`)."""
     nlo, nhi = TRAIN_NOISE if part == "train" else DEV_NOISE
     clo, chi = TRAIN_CLIP if part == "train" else DEV_CLIP
     out = [bench.Clip(n, "noise", bench.noise_part(bench.load(bench.DATA / "noise" / n), nlo, nhi))
            for n in bench.NOISE_CLIPS]
     for path in sorted((bench.DATA / "nonspeech").glob("*.flac")):
-        if path.name in bench.HELD_OUT_MUSIC or path.name in bench.HELD_OUT_EFFECTS:
+        if path.name in bench.HELD_OUT_MUSIC or path.name in bench.HELD_OUT_EFFECTS or path.name in unseen:
             continue
         kind = "music" if path.name.startswith("music") else "effect"
         out.append(bench.Clip(path.name, kind, bench.noise_part(bench.load(path), clo, chi)))
@@ -253,10 +258,19 @@ def reverb(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
     return y * (np.std(x) / (np.std(y) + 1e-9))
 
 
+def unseen_clips(names: tuple[str, ...]) -> list[bench.Clip]:
+    """Whole training-side music clips kept out of training by `--unseen-music`, scored in the dev report."""
+    held = set(bench.HELD_OUT_MUSIC) | set(bench.HELD_OUT_EFFECTS)
+    for name in names:
+        if name in held or not (bench.DATA / "nonspeech" / name).is_file():
+            raise SystemExit(f"train_vad.py: --unseen-music {name}: not a training-side clip")
+    return [bench.Clip(name, "unseen", bench.load(bench.DATA / "nonspeech" / name)) for name in names]
+
+
 class Pools:
-    def __init__(self, speakers: list[str], part: str) -> None:
+    def __init__(self, speakers: list[str], part: str, unseen: tuple[str, ...] = ()) -> None:
         self.speech = [bench.load(f) for s in speakers for f in bench.speaker_files(s)]
-        clips = real_nonspeech(part)
+        clips = real_nonspeech(part, unseen)
         self.noise = [c.signal for c in clips if c.kind == "noise"]
         self.music = [c.signal for c in clips if c.kind == "music"]
         self.effect = [c.signal for c in clips if c.kind == "effect"]
@@ -318,10 +332,10 @@ def speech_session(rng: np.random.Generator, pools: Pools, n: int) -> tuple[np.n
     return x[off : off + n], lab[off // HOP : (off + n) // HOP]
 
 
-def make_example(rng: np.random.Generator, pools: Pools, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(signal float32 (n,), labels bool (n // 160,))."""
+def make_example(rng: np.random.Generator, pools: Pools, n: int, share: float) -> tuple[np.ndarray, np.ndarray]:
+    """(signal float32 (n,), labels bool (n // 160,)); a `share` of the examples hold no speech."""
     r = rng.random()
-    if r < 0.3:
+    if r < share:
         x, lab = nonspeech(rng, pools, n), np.zeros(n // HOP, bool)
         if rng.random() < 0.05:
             x = x * 1e-4
@@ -340,15 +354,16 @@ def make_example(rng: np.random.Generator, pools: Pools, n: int) -> tuple[np.nda
     return np.clip(x, -1, 1).astype(np.float32), lab
 
 
-def make_set(seed: int, count: int, speakers: list[str], part: str, fe: Frontend) -> tuple[np.ndarray, np.ndarray]:
+def make_set(seed: int, count: int, speakers: list[str], part: str, fe: Frontend, share: float,
+             unseen: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Features `(count, T, n_mels)` float32 and soft targets `(count, T)` for model frames."""
     rng = np.random.default_rng(seed)
-    pools = Pools(speakers, part)
+    pools = Pools(speakers, part, unseen)
     n = int(EXAMPLE_S * SR)
     step = fe.hop // HOP
     feats, targets = [], []
     for _ in range(count):
-        x, lab = make_example(rng, pools, n)
+        x, lab = make_example(rng, pools, n, share)
         feats.append(fe(x))
         targets.append(lab.reshape(-1, step).mean(axis=1))
     return np.stack(feats).astype(np.float32), np.stack(targets).astype(np.float32)
@@ -415,23 +430,29 @@ def check_export(model, path: Path, x, mean: np.ndarray, std: np.ndarray) -> Non
         raise AssertionError(f"numpy and torch VAD disagree by {err}")
 
 
-def dev_report(path: Path, dev_speakers: list[str]) -> dict:
-    """Agreement per SNR and non-speech flagged on the dev speakers and dev ranges, with the exported numpy model."""
+def dev_report(path: Path, dev_speakers: list[str], unseen: tuple[str, ...] = (),
+               cfg=None) -> dict:
+    """Agreement per SNR and non-speech flagged on the dev speakers and dev ranges, with the exported numpy model.
+
+    Music clips kept out of training (`unseen`) are scored whole, one figure each."""
     from spkid import vad
 
     model = vad.VadModel(path)
-    cfg = vad.VadConfig()
-    clips = real_nonspeech("dev")
+    cfg = cfg or vad.VadConfig()
+    clips = real_nonspeech("dev", unseen)
     mixtures = bench.bench_mixtures(len(clips) * 3, seed=7, speakers=dev_speakers, sources=clips)
 
     def run(x: np.ndarray) -> np.ndarray:
         return bench.frames_from_segments(vad.segments(x, SR, cfg, model), len(x) // HOP)
 
     table, _, _ = bench.score_mixtures(run, mixtures)
-    flagged, _, _ = bench.score_nonspeech(run, clips)
+    flagged, _, _ = bench.score_nonspeech(run, clips + unseen_clips(unseen))
     out = {f"agreement@{s}dB": round(table[(s, "all")]["agreement"], 4) for s in bench.SNRS}
     for kind in ("noise", "music", "effect"):
         out[f"max_flagged_{kind}"] = round(max(v for k, v in flagged.values() if k == kind), 4)
+    for name, (kind, v) in flagged.items():
+        if kind == "unseen":
+            out[f"unseen:{name}"] = round(v, 4)
     return out
 
 
@@ -446,19 +467,27 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     # one torch thread: on a shared 2-core machine two OpenMP threads spin-wait and run ~8x slower
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--nonspeech-share", type=float, default=0.3, help="share of examples without speech")
+    ap.add_argument("--nonspeech-weight", type=float, default=1.0, help="loss weight of non-speech frames")
+    ap.add_argument("--unseen-music", nargs="*", default=[], metavar="CLIP",
+                    help="training music clips (e.g. music_start1-jt.flac) to keep out of training entirely and "
+                         "score whole in the dev report: a check of generalisation to music never heard")
     ap.add_argument("--cache", type=Path, help="keep the synthesised features in this .npz and reuse them")
     args = ap.parse_args()
 
     t0 = time.time()
     fe = Frontend()
     train_spk, dev_spk = split_speakers()
-    tag = f"examples={args.examples} seed={args.seed} frontend={fe}"
+    unseen = tuple(args.unseen_music)
+    unseen_clips(unseen)
+    tag = f"examples={args.examples} seed={args.seed} frontend={fe} share={args.nonspeech_share} unseen={unseen}"
     if args.cache and args.cache.exists() and str(np.load(args.cache)["tag"]) == tag:
         with np.load(args.cache) as z:
             feats, targets = z["feats"], z["targets"]
     else:
         half = args.examples // 2
-        jobs = [(args.seed * 1000 + i, c, train_spk, "train", fe) for i, c in enumerate((half, args.examples - half))]
+        jobs = [(args.seed * 1000 + i, c, train_spk, "train", fe, args.nonspeech_share, unseen)
+                for i, c in enumerate((half, args.examples - half))]
         # fork before torch is imported: the workers inherit this module (and bench's) as they are
         with multiprocessing.get_context("fork").Pool(2) as pool:
             parts = pool.starmap(make_set, jobs)
@@ -482,7 +511,11 @@ def main() -> None:
     steps = args.epochs * (len(x_all) // args.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(args.seed)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        weight = 1.0 + (args.nonspeech_weight - 1.0) * (1.0 - target)
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, target, weight=weight)
+
     step = 0
     for epoch in range(args.epochs):
         model.train()
@@ -509,7 +542,7 @@ def main() -> None:
     }
     export(model, mean, std, fe, meta, args.output)
     check_export(model, args.output, x_all[:4], mean, std)
-    rep = dev_report(args.output, dev_spk)
+    rep = dev_report(args.output, dev_spk, unseen)
     print(json.dumps({"dev": rep, "seconds": round(time.time() - t0)}), file=sys.stderr)
 
 
