@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import shutil
 import subprocess
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
@@ -48,9 +49,17 @@ def read(path: str | Path) -> tuple[np.ndarray, int]:
         raise AudioError(f"{path}: cannot decode audio ({_short(e)})") from None
     except (RuntimeError, ValueError, TypeError, MemoryError) as e:
         raise AudioError(f"{path}: cannot decode audio ({_short(e)})") from None
+    return _checked(path, data, int(sr))
+
+
+def _checked(path: Path, data: np.ndarray, sr: int) -> tuple[np.ndarray, int]:
     if data.shape[0] == 0:
         raise AudioError(f"{path}: no samples")
-    return data, int(sr)
+    # float WAV/AIFF/ffmpeg data can hold NaN or Inf; a float64 sum is finite exactly when every sample is
+    # (float32 values cannot overflow it), and needs no whole-signal temporary
+    if not np.isfinite(np.sum(data, dtype=np.float64)):
+        raise AudioError(f"{path}: cannot decode audio (NaN or infinite samples)")
+    return data, sr
 
 
 def _short(e: Exception) -> str:
@@ -75,9 +84,7 @@ def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
     if proc.returncode != 0:
         raise AudioError(f"{path}: ffmpeg could not decode it ({_ffmpeg_reason(proc.stderr.decode(errors='replace'))})")
     data = np.frombuffer(proc.stdout, dtype="<f4")
-    if data.size == 0:
-        raise AudioError(f"{path}: no samples")
-    return data.reshape(-1, channels).astype(np.float32, copy=False), rate
+    return _checked(path, data[: data.size - data.size % channels].reshape(-1, channels).astype(np.float32, copy=False), rate)
 
 
 def _parse_stream_info(text: str) -> tuple[int | None, int]:
@@ -112,7 +119,8 @@ def _ffmpeg_reason(stderr: str) -> str:
 def downmix(data: np.ndarray) -> np.ndarray:
     """`(samples, channels)` -> mono `(samples,)` by averaging channels."""
     if data.shape[1] == 1:
-        return data[:, 0].copy()
+        x = data[:, 0]  # contiguous: no copy of a long recording unless the buffer is read-only (ffmpeg's)
+        return x if x.flags.writeable and x.flags.c_contiguous else x.copy()
     # a matrix-vector product: several times faster than a strided .mean(axis=1) on (samples, channels)
     return data.astype(np.float32, copy=False) @ np.full(data.shape[1], 1 / data.shape[1], np.float32)
 
@@ -134,15 +142,25 @@ def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     return y.astype(np.float32, copy=False)
 
 
+MIN_RATE = 1000  # Hz, as `spkid convert --rate`
+MAX_TAPS = 1 << 22  # 4 M taps: every common rate pair needs far fewer (44.1 kHz -> 16 kHz: 25 k; 22254 Hz: 640 k)
+
+
 @functools.lru_cache(maxsize=16)
 def _lowpass(rate_in: int, rate_out: int) -> tuple[int, int, np.ndarray]:
     from scipy.signal import firwin, kaiserord
 
+    if min(rate_in, rate_out) < MIN_RATE:  # a damaged header's 1 Hz would be upsampled 16000-fold
+        raise AudioError(f"cannot resample {rate_in} Hz to {rate_out} Hz: rates under {MIN_RATE} Hz are not audio of speech")
     frac = Fraction(rate_out, rate_in)
     up, down = frac.numerator, frac.denominator
     max_rate = max(up, down)
     numtaps, beta = kaiserord(70.0, 0.15 / max_rate)
-    h = firwin(numtaps | 1, 0.925 / max_rate, window=("kaiser", beta))
+    if numtaps > MAX_TAPS:  # e.g. 999983 Hz: a 58 M-tap filter (minutes, GBs); a corrupt header's rate: TBs
+        raise AudioError(f"cannot resample {rate_in} Hz to {rate_out} Hz: their exact ratio {up}/{down} needs a "
+                         f"{numtaps:,}-tap filter; convert it to a common rate first (sox, ffmpeg)")
+    # float32 taps keep resample_poly in float32: float64 ones make it copy the whole signal to float64
+    h = firwin(numtaps | 1, 0.925 / max_rate, window=("kaiser", beta)).astype(np.float32)
     h.flags.writeable = False
     return up, down, h
 
@@ -152,7 +170,10 @@ def load(path: str | Path, rate: int | None = None, mono: bool = True) -> tuple[
     data, sr = read(path)
     x = downmix(data) if mono else data
     if rate is not None and sr != rate:
-        x = resample(x, sr, rate)
+        try:
+            x = resample(x, sr, rate)
+        except SpkidError as e:
+            raise AudioError(f"{path}: {e}") from None
         sr = rate
     return x, sr
 
@@ -170,10 +191,20 @@ def load_expected(path: str | Path, rate: int) -> np.ndarray:
     return data[:, 0]
 
 
-def write(path: str | Path, x: np.ndarray, rate: int, fmt: str = "flac") -> None:
-    """Write mono float32 as 16-bit PCM `fmt` (flac|wav), atomically (temp file renamed into place)."""
+WRITE_BLOCK = 1 << 20  # samples clipped and written at a time: no clipped copy of a whole recording
+
+
+def write(path: str | Path, x: np.ndarray | Iterable[np.ndarray], rate: int, fmt: str = "flac") -> None:
+    """Write mono float32 as 16-bit PCM `fmt` (flac|wav), atomically (temp file renamed into place).
+
+    `x` is one signal or an iterable of signals written one after another (e.g. the voiced segments of a
+    recording, without joining them in memory first).
+    """
     if fmt not in FORMATS:
         raise SpkidError(f"unknown format {fmt!r}; choose flac or wav")
-    clipped = np.clip(x, -1.0, 32767 / 32768)
+    parts = [x] if isinstance(x, np.ndarray) else x
     with atomic_path(path) as tmp:
-        sf.write(str(tmp), clipped, rate, format=FORMATS[fmt][0], subtype="PCM_16")
+        with sf.SoundFile(str(tmp), "w", rate, 1, format=FORMATS[fmt][0], subtype="PCM_16") as f:
+            for part in parts:
+                for a in range(0, len(part), WRITE_BLOCK):
+                    f.write(np.clip(part[a : a + WRITE_BLOCK], -1.0, 32767 / 32768))

@@ -360,10 +360,9 @@ def load_features(path: str, front: Any | None = None) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise SpkidError(f"{path}: no such file")
-    try:
-        feats = np.load(p, allow_pickle=False)
-    except ValueError as e:
-        raise SpkidError(f"{path}: not a feature matrix ({e})") from None
+    from spkid import streams
+
+    feats = streams.read_array(path)  # the hardened .npy reader: damaged headers and cut data are SpkidErrors
     if front is not None:
         for parent in list(p.resolve().parents)[:6]:
             cfg = parent / "features.json"

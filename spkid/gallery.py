@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from spkid.errors import SpkidError
+from spkid.streams import split_lines
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def load(path: str | Path, mmap: bool = True) -> Gallery:
         raise SpkidError(f"{p / 'gallery.json'}: unknown gallery format {found!r}; this spkid reads {FORMAT!r}")
     mode = "r" if mmap else None
     try:
-        speakers = (p / "speakers.txt").read_text(encoding="utf-8").splitlines()
+        speakers = split_lines((p / "speakers.txt").read_text(encoding="utf-8"))
         emb = _npy(p / "embeddings.npy", mode)
         counts = _npy(p / "counts.npy", None)
         sums = _npy(p / "sums.npy", mode)

@@ -41,6 +41,14 @@ def _check_path(path: str | Path) -> Path:
     return p
 
 
+def _save(fig, p: Path) -> None:
+    """Atomically (a temp file renamed into place): a Ctrl-C mid-write leaves no half-written plot."""
+    from spkid.streams import atomic_path
+
+    with atomic_path(p) as tmp:
+        fig.savefig(tmp, dpi=100, format=p.suffix.lower().lstrip("."))
+
+
 def _thin(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     n = arrays[0].size
     if n <= MAX_POINTS:
@@ -132,7 +140,7 @@ def plot_verification(
     hist.set_title("score distributions")
     hist.legend(loc="upper left", fontsize="small")
 
-    fig.savefig(p, dpi=100)
+    _save(fig, p)
     return p
 
 
@@ -175,6 +183,6 @@ def plot_identification(
     ax_hist.set_ylabel("probes")
     ax_hist.set_title("top-1 scores")
     ax_hist.legend(loc="upper left", fontsize="small")
-    fig.savefig(p, dpi=100)
+    _save(fig, p)
     return p
 

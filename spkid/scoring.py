@@ -311,7 +311,14 @@ def parse_identify(lines: Iterable[str], source: str = "<stdin>") -> list[IdReco
 
 
 def _is_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    """A JSON number that is a float: ints beyond float range (JSON allows any length) are not."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        float(x)
+    except OverflowError:
+        return False
+    return True
 
 
 def _parse_identify(rows: list[tuple[int, str]], source: str) -> list[IdRecord]:
@@ -324,6 +331,8 @@ def _parse_identify(rows: list[tuple[int, str]], source: str) -> list[IdRecord]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise SpkidError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        except (ValueError, RecursionError) as e:  # an integer of over 4300 digits; nesting too deep
+            raise SpkidError(f"{where}: not usable JSON ({str(e).split(';')[0]})") from None
         if not isinstance(obj, dict):
             raise SpkidError(f"{where}: expected a JSON object")
         key, label, top = obj.get("key"), obj.get("label"), obj.get("top")

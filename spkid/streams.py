@@ -18,8 +18,11 @@ import contextlib
 import io
 import json
 import os
+import re
 import sys
 import tempfile
+import tokenize
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +80,16 @@ def parse_list(lines: Iterable[str], label_depth: int = 1, source: str = "list")
     return entries
 
 
+def split_lines(text: str) -> list[str]:
+    """Lines ended by LF, CRLF or CR. Not `str.splitlines()`, which also splits at \\v, \\f, \\x1c-\\x1e, \\x85,
+    U+2028 and U+2029: characters a file name or a label may hold."""
+    lines = _LINE_END.split(text)
+    return lines[:-1] if lines[-1] == "" else lines
+
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
 def _read_text(stream: IO[bytes], source: str) -> str:
     data = stream.read()
     try:
@@ -98,11 +111,11 @@ def read_list(args: Iterable[str] | str | None = None, label_depth: int = 1) -> 
             if sys.stdin is None or sys.stdin.isatty():
                 raise SpkidError("no input: give files or a list file, or pipe a list on stdin")
             text = _read_text(sys.stdin.buffer, "<stdin>")
-            entries += parse_list(text.splitlines(), label_depth, "<stdin>")
+            entries += parse_list(split_lines(text), label_depth, "<stdin>")
         elif is_list_file(arg):
             with open_input(arg) as f:
                 text = _read_text(f, arg)
-            entries += parse_list(text.splitlines(), label_depth, arg)
+            entries += parse_list(split_lines(text), label_depth, arg)
         else:
             entries.append(Entry(arg, label_from_path(arg, label_depth)))
     return entries
@@ -156,35 +169,39 @@ def _read_npy(stream: BinaryIO, source: str, what: str) -> np.ndarray | None:
         version = stream.read(2)
         if len(version) != 2:
             raise ValueError("truncated header")
+        if version[0] not in (1, 2, 3):
+            raise ValueError(f"unknown format version {version[0]}.{version[1]}")
         hlen_bytes = stream.read(2 if version[0] == 1 else 4)
         header = magic + version + hlen_bytes
         hlen = int.from_bytes(hlen_bytes, "little")
         header += stream.read(hlen)
         buf = io.BytesIO(header)
         np.lib.format.read_magic(buf)
-        shape, fortran, dtype = (
-            np.lib.format.read_array_header_1_0(buf) if version[0] == 1 else np.lib.format.read_array_header_2_0(buf)
-        )
+        with warnings.catch_warnings():  # numpy's note on Python 2 style headers is not for our users
+            warnings.simplefilter("ignore", UserWarning)
+            shape, fortran, dtype = (
+                np.lib.format.read_array_header_1_0(buf) if version[0] == 1 else np.lib.format.read_array_header_2_0(buf)
+            )
         if dtype.hasobject:
             raise SpkidError(f"{source}: {what} has object dtype; refusing to unpickle")
         count = int(np.prod(shape, dtype=np.int64))
         nbytes = count * dtype.itemsize
-        data = bytearray(nbytes)
-        view = memoryview(data)
-        got = 0
-        while got < nbytes:
-            chunk = stream.read(min(nbytes - got, 1 << 24))
+        # grown as the bytes arrive, not allocated from the header: a corrupt or cut stream claiming a huge
+        # shape must fail on its missing data, not reserve (and zero) gigabytes first
+        data = bytearray()
+        while len(data) < nbytes:
+            chunk = stream.read(min(nbytes - len(data), 1 << 24))
             if not chunk:
                 break
-            view[got : got + len(chunk)] = chunk
-            got += len(chunk)
-        if got != nbytes:
-            raise ValueError(f"truncated data ({got} of {nbytes} bytes)")
+            data += chunk
+        if len(data) != nbytes:
+            raise ValueError(f"truncated data ({len(data)} of {nbytes} bytes)")
         arr = np.frombuffer(data, dtype=dtype, count=count)
         return arr.reshape(shape, order="F" if fortran else "C")
     except SpkidError:
         raise
-    except (ValueError, SyntaxError, TypeError, OverflowError, MemoryError) as e:
+    # numpy's header parser: RecursionError on deeply nested literals, TokenError on unbalanced ones
+    except (ValueError, SyntaxError, TypeError, OverflowError, MemoryError, RecursionError, tokenize.TokenError) as e:
         raise SpkidError(f"{source}: corrupt or truncated .npy ({what}): {e}") from None
 
 
@@ -310,7 +327,7 @@ def _parse_meta(arr: np.ndarray, source: str) -> dict:
         raise SpkidError(f"{source}: the record after the values is not a model record (0-d text)")
     try:
         meta = json.loads(str(arr))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
         raise SpkidError(f"{source}: unreadable model record after the values") from None
     if not isinstance(meta, dict) or meta.get("format") != STREAM_FORMAT:
         raise SpkidError(f"{source}: unknown model record format {meta.get('format') if isinstance(meta, dict) else meta!r}")
@@ -376,17 +393,19 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, _default_mode())
-    try:
+    tmp = None
+    try:  # from the temp file's creation on: a Ctrl-C right after it must not leave it behind
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, _default_mode())
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise
 
 
@@ -404,16 +423,39 @@ def atomic_path(path: str | os.PathLike) -> contextlib.AbstractContextManager[Pa
 @contextlib.contextmanager
 def _atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.fchmod(fd, _default_mode())
-    os.close(fd)
-    try:
+    tmp = None
+    try:  # as in atomic_write
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+        os.fchmod(fd, _default_mode())
+        os.close(fd)
         yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<base>.+)\.[a-z0-9_]{8}\.tmp(?P<suffix>\.[^.]+)?$")  # mkstemp's 8 characters
+
+
+def remove_temp_files(paths: Iterable[str | os.PathLike]) -> None:
+    """Remove the temp files that `atomic_write`/`atomic_path` leave beside `paths` when the writing process is
+    killed mid-write (a parallel worker killed on Ctrl-C): each folder is listed once."""
+    by_dir: dict[Path, set[str]] = {}
+    for p in map(Path, paths):
+        by_dir.setdefault(p.parent, set()).add(p.name)
+    for folder, names in by_dir.items():
+        try:
+            found = os.listdir(folder)
+        except OSError:
+            continue
+        for name in found:
+            m = _TEMP_NAME.match(name)
+            if m and m["base"] + (m["suffix"] or "") in names:
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    os.unlink(folder / name)
 
 
 def parse_shard(spec: str | None) -> tuple[int, int] | None:

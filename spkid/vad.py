@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 FRAME_SHIFT = SAMPLE_RATE // 100  # samples per 10 ms output frame
 MODEL_PATH = Path(__file__).resolve().parent / "data" / "vad.npz"
+BLOCK_FRAMES = 8192  # model frames (164 s) per block of `VadModel.prob`: a 2-hour file needs ~60 MB, not GBs
 
 
 @dataclass
@@ -110,19 +111,26 @@ class Frontend:
     def filters(self) -> tuple[np.ndarray, np.ndarray]:
         return _frontend_tables(self)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """float32 signal `(n,)` -> float32 `(ceil(n / hop), n_mels + n_lin)`: log-Mel, then log low bins."""
+    def __call__(self, x: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """float32 signal `(n,)` -> float32 `(ceil(n / hop), n_mels + n_lin)`: log-Mel, then log low bins.
+
+        `start`/`stop` compute only frames [start, stop) of those, exactly as in the whole matrix (blocks of a
+        long recording)."""
         window, mel = self.filters
         n = -(-len(x) // self.hop)
-        left = self.win // 2 - self.hop // 2
-        xp = np.zeros(left + n * self.hop + self.win, np.float32)
-        xp[left : left + len(x)] = x
-        frames = np.lib.stride_tricks.as_strided(xp, (n, self.win), (xp.strides[0] * self.hop, xp.strides[0]))
+        stop = n if stop is None else min(stop, n)
+        count = max(stop - start, 0)
+        first = start * self.hop - (self.win // 2 - self.hop // 2)  # sample under frame `start`'s first tap
+        xp = np.zeros((count - 1) * self.hop + self.win if count else 0, np.float32)
+        lo, hi = max(first, 0), min(first + len(xp), len(x))
+        if hi > lo:
+            xp[lo - first : hi - first] = x[lo:hi]
+        frames = np.lib.stride_tricks.as_strided(xp, (count, self.win), (xp.strides[0] * self.hop, xp.strides[0]))
         # scipy's pocketfft keeps float32 and is ~3x faster here than numpy.fft
         spec = scipy.fft.rfft(frames * window, n=self.n_fft, axis=1, overwrite_x=True)
         power = np.abs(spec)
         power *= power
-        out = np.empty((n, self.n_mels + self.n_lin), np.float32)
+        out = np.empty((count, self.n_mels + self.n_lin), np.float32)
         np.matmul(power, mel, out=out[:, : self.n_mels])
         out[:, self.n_mels :] = power[:, self.lin_from : self.lin_from + self.n_lin]
         out += np.float32(self.floor)
@@ -159,6 +167,24 @@ class VadModel:
     def features(self, x: np.ndarray) -> np.ndarray:
         """Front-end features `(ceil(len / hop), n_mels + n_lin)` float32 (see `Frontend`)."""
         return self.frontend(x)
+
+    @property
+    def context(self) -> int:
+        """Model frames on each side that one output frame depends on (the receptive field's half-width)."""
+        return sum(d * (w.shape[0] // 2) for w, _, d in self.layers)
+
+    def prob(self, x: np.ndarray, block: int = BLOCK_FRAMES) -> np.ndarray:
+        """Speech probability per model frame `(ceil(len / hop),)` of a float32 signal, computed over blocks of
+        `block` frames with `context` frames of overlap on each side: the same numbers as `forward(features(x))`,
+        with memory bounded by the block instead of growing with the recording."""
+        n = -(-len(x) // self.hop)
+        ctx = self.context
+        parts = []
+        for a in range(0, n, block):
+            b = min(n, a + block)
+            lo, hi = max(0, a - ctx), min(n, b + ctx)
+            parts.append(self.forward(self.frontend(x, lo, hi))[a - lo : b - lo])
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
     def forward(self, feats: np.ndarray) -> np.ndarray:
         """Front-end features `(T, n_mels + n_lin)` -> `(T,)` speech probability per model frame."""
@@ -215,7 +241,7 @@ def speech_prob(signal: np.ndarray, sr: int, model: VadModel | None = None) -> n
     n10 = len(x) // FRAME_SHIFT
     if n10 == 0:
         return np.zeros(0, np.float32)
-    p = model.forward(model.features(x))
+    p = model.prob(x)
     return np.repeat(p, model.hop // FRAME_SHIFT)[:n10].astype(np.float32)
 
 

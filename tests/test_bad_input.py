@@ -193,7 +193,7 @@ def test_a_list_naming_a_list(w, tmp_path: Path):
 # --- .npy inputs ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case,message", [
-    ("npy_object", "Object arrays cannot be loaded when allow_pickle=False"),
+    ("npy_object", "object dtype; refusing to unpickle"),
     ("npy_int", "expected a float (frames, dims)"),
     ("npy_flat", "expected a float (frames, dims)"),
     ("npy_nan", "NaN or Inf"),

@@ -17,7 +17,7 @@ from typing import Annotated, TypeVar
 import typer
 
 from spkid.errors import SpkidError
-from spkid.streams import Entry
+from spkid.streams import Entry, remove_temp_files
 
 log = logging.getLogger("spkid")
 T = TypeVar("T")
@@ -157,17 +157,20 @@ def map_entries(
     else:
         outputs = (_guard(fn, e) for e in entries)
     with progress_bar(len(entries), desc) as advance:
-        for entry, out in zip(entries, outputs):
-            advance()
-            if isinstance(out, ItemError):
-                if not skip_bad:
-                    if hasattr(outputs, "close"):
-                        outputs.close()
-                    raise SpkidError(out.message)
-                log.warning("skipped %s", out.message)
-                errors.append(out)
-            else:
-                results.append((entry, out))
+        try:
+            for entry, out in zip(entries, outputs):
+                advance()
+                if isinstance(out, ItemError):
+                    if not skip_bad:
+                        raise SpkidError(out.message)
+                    log.warning("skipped %s", out.message)
+                    errors.append(out)
+                else:
+                    results.append((entry, out))
+        except BaseException:  # a bad item, Ctrl-C: joblib stops its workers now, before the caller cleans up
+            if hasattr(outputs, "close"):
+                outputs.close()
+            raise
     if errors:
         log.warning("done %d/%d (%d skipped)", len(results), len(entries), len(errors))
         if not results:
@@ -189,7 +192,8 @@ def run_file_job(
     """`map_entries` for commands that write one file per entry to `planned[i]`.
 
     When the run fails (a bad item in strict mode, Ctrl-C), files this run created are removed again,
-    so a failed command leaves nothing half-done behind; files that existed before are kept.
+    so a failed command leaves nothing half-done behind; files that existed before are kept. Temp files of
+    workers killed mid-write (joblib kills them when the run stops) are removed too.
     """
     existed = {p for p in planned if p.exists()}
     try:
@@ -199,6 +203,7 @@ def run_file_job(
             if p not in existed:
                 with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                     p.unlink()
+        remove_temp_files(planned)
         raise
 
 

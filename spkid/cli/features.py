@@ -179,15 +179,15 @@ def features(
     _check_config(out_dir, cfg, overwrite)
     config_path = Path(out_dir) / CONFIG_NAME
     config_existed = config_path.exists()
-    with streams.atomic_write(config_path, "w") as f:
-        f.write(json.dumps(cfg.to_dict(), indent=1) + "\n")
-    todo = [
-        (_Job(e.path, e.label, _ranges(ranges[i]) if vad else None), p)
-        for i, e, p in zip(positions, entries, planned)
-        if overwrite or not p.exists()
-    ]
-    fn = partial(_features_one, cfg=cfg, out_dir=out_dir, root=base)
-    try:
+    try:  # from the config's write on: a Ctrl-C right after it must not leave it behind either
+        with streams.atomic_write(config_path, "w") as f:
+            f.write(json.dumps(cfg.to_dict(), indent=1) + "\n")
+        todo = [
+            (_Job(e.path, e.label, _ranges(ranges[i]) if vad else None), p)
+            for i, e, p in zip(positions, entries, planned)
+            if overwrite or not p.exists()
+        ]
+        fn = partial(_features_one, cfg=cfg, out_dir=out_dir, root=base)
         good = run_file_job(fn, [j for j, _ in todo], [p for _, p in todo], jobs=jobs, skip_bad=skip_bad, desc="features")
     except BaseException:
         if not config_existed:  # a failed first run leaves no half-made folder behind

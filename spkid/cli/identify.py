@@ -191,22 +191,26 @@ def _long(path, g, model, window, hop, threshold, point, cohort, score_by, as_js
             else vad.segments(x, rate, vad.VadConfig(**embedding.EMBED_VAD)))
     win, step = int(round(win_s * rate)), max(1, int(round(hop_s * rate)))
     starts = embedding.sliding_starts(n, win, step)
-    items, kept = [], []
-    for i, a in enumerate(starts):
-        b = min(n, a + win)
-        voiced = embedding.voiced_in(segs, a, b)
-        length = int((voiced[:, 1] - voiced[:, 0]).sum())
-        if length < LONG_MIN_VOICED * (b - a) or length / rate < 0.25:
-            continue
-        sig = np.concatenate([x[s:e] for s, e in voiced])
-        items.append(embedding.Prepared(prep.windows(sig), embedding.Quality(length / rate, length / rate)))
-        kept.append(i)
+    kept: list[int] = []
+
+    def voiced_windows():
+        for i, a in enumerate(starts):
+            b = min(n, a + win)
+            voiced = embedding.voiced_in(segs, a, b)
+            length = int((voiced[:, 1] - voiced[:, 0]).sum())
+            if length < LONG_MIN_VOICED * (b - a) or length / rate < 0.25:
+                continue
+            sig = np.concatenate([x[s:e] for s, e in voiced])
+            kept.append(i)
+            yield embedding.Prepared(prep.windows(sig), embedding.Quality(length / rate, length / rate))
+
+    # features are computed group by group as the network takes them: memory does not grow with the recording
+    parts = [emb.embed_prepared(group) for group in embedding.group_by_windows(voiced_windows(), lambda p: len(p.windows))]
     if not kept:
         log.warning("%s: no window of %g s holds enough speech; nothing to identify", path, win_s)
         streams.write_text("")
         return
-    vecs = np.concatenate([emb.embed_prepared(group) for group in
-                           embedding.group_by_windows(items, lambda p: len(p.windows))])
+    vecs = np.concatenate(parts)
     norm = as_norm_stats(g, vecs, load_cohort(cohort, ref.sha256)) if cohort else None
     thr = choose_threshold(threshold, g, ref, point, norm is not None)
     log.info("%s", thr.describe() if thr.score is not None else f"closed set: every voiced window gets its best speaker; {thr.source}")

@@ -26,7 +26,7 @@ def _read_lines(src: str, what: str) -> list[str]:
             raise SpkidError(f"no input: give a {what} file or pipe it on stdin")
         data = f.read()
     try:
-        return data.decode("utf-8-sig").splitlines()
+        return streams.split_lines(data.decode("utf-8-sig"))
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise SpkidError(f"{'<stdin>' if src == '-' else src}:{line}: not valid UTF-8 text (expected {what})") from None

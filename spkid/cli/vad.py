@@ -44,7 +44,7 @@ def _trim_one(entry: Entry, *, cfg: VadConfig, out_dir: str, root: Path, fmt: st
     segs = core.segments(x, SAMPLE_RATE, cfg)
     if len(segs):
         dst = streams.output_path(entry.path, out_dir, root, audio.FORMATS[fmt][1])
-        audio.write(dst, core.voiced(x, segs), SAMPLE_RATE, fmt)
+        audio.write(dst, (x[a:b] for a, b in segs), SAMPLE_RATE, fmt)  # the voiced segments, not joined in memory
     return segs, len(x)
 
 

@@ -243,7 +243,7 @@ def _trials(path, g, embeddings, root, model, cohort, score_by, output, window, 
 
     with streams.open_input(path) as f:
         text = f.read().decode("utf-8-sig", errors="strict")
-    t = scoring.parse_trials(text.splitlines(), path)
+    t = scoring.parse_trials(streams.split_lines(text), path)
     if g is not None:
         missing = sorted({e for e in t.enroll if e not in g._lookup()})
         if missing:
