@@ -103,6 +103,10 @@ def test_refusals_and_skip_bad(tmp_path):
 
     usage = sh(f"spkid features {d}/good.wav -d {tmp_path}/o6 --nfft 256")
     assert usage.returncode == 2 and b"truncate frames" in usage.stderr
+    proc = sh(f"spkid features {d}/good.wav -d {tmp_path}/o7 --model {tmp_path}/nope.pt")
+    assert proc.returncode == 1 and proc.stderr.decode().strip() == \
+        f"spkid features: error: {tmp_path}/nope.pt: no such model file (give a `spkid train` output, or `resemblyzer`)"
+    assert not (tmp_path / "o7").exists()
 
 
 def test_shard_jobs_and_segments_index_the_whole_list(wav_list, tmp_path):
