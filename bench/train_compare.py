@@ -1,7 +1,7 @@
 """Every training config, same data, same CPU budget: test EER, minDCF, parameters and crops/s in one table.
 
 Usage: python bench/train_compare.py [--budget 300] [--configs ecapa_tdnn,thin_resnet] [--work DIR] [--threads 2]
-                                     [--input features|audio]
+                                     [--input features|audio] [--copies K] [--speed-speakers]
 
 Data: ../shared/data/librispeech_tc100, split by speaker with a fixed seed (recipes/make_lists.py: 200 speakers
 train, 51 test, speakers 19, 26 and 27 always in test). Trials: every pair of test files ("all": same-recording
@@ -9,8 +9,10 @@ segment pairs are the easy targets), and "cross": targets only between different
 two chapters each). Each config in configs/ trains for the same wall-clock budget (`--time-budget`; the
 learning rate decays over the budget). With `--input features` (the default) each config's features are
 computed once, before the clock starts, and training reads the feature files: about twice the crops per second
-on a CPU, with SpecAugment as the only augmentation. With `--input audio`, features are computed on the fly and
-configs that augment also get the real noise of ../shared/data/noise and simulated reverberation. The floor:
+on a CPU. Feature files cannot be augmented in the waveform during training, so `--copies K` and
+`--speed-speakers` add augmented copies (noise, reverberation) and speed-perturbed speakers to them. With
+`--input audio`, features are computed on the fly and configs that augment also get the real noise of
+../shared/data/noise and simulated reverberation. The floor:
 per-utterance mean and std of 20 MFCCs, cosine scored. Embeddings: whole utterances through the network (the
 model file's own feature config). configs/default.toml is left out: it fine-tunes the pretrained encoder.
 """
@@ -82,23 +84,44 @@ def embed_model(model_path: Path, waves: list[np.ndarray]) -> np.ndarray:
     return np.stack(out)
 
 
-def precompute(fc: FeatureConfig, train: list, work: Path) -> Path:
+def precompute(fc: FeatureConfig, train: list, work: Path, copies: int = 0, speed_speakers: bool = False) -> Path:
     """Feature files of the training list for config `fc`, laid out as `spkid features -d` writes them (with its
-    features.json), once per distinct config; returns their labelled list."""
-    out = work / hashlib.sha1(json.dumps(fc.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-    lst = out / "list.txt"
-    if not lst.exists():
-        from spkid.features import compute_file
+    features.json), once per distinct setting; returns their labelled list.
 
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "features.json").write_text(json.dumps(fc.to_dict(), indent=1) + "\n")
-        lines = []
-        for p, s, _ in train:
-            f = out / s / (Path(p).stem + ".npy")
-            f.parent.mkdir(exist_ok=True)
-            np.save(f, compute_file(p, fc))
-            lines.append(f"{f}\t{s}\n")
-        lst.write_text("".join(lines))
+    `copies` adds that many augmented copies of every utterance (real noise of ../shared/data/noise at 5-20 dB SNR,
+    simulated reverberation half the time), same speaker; `speed_speakers` adds 0.9x and 1.1x speed copies as new
+    speakers (Kaldi's and WeSpeaker's trick). Feature files cannot be augmented in the waveform at training time, so
+    this is how a features-input run gets that variety."""
+    from spkid.augment import AugmentConfig, Augmenter, speed_perturb
+    from spkid.features import compute, compute_file
+
+    key = json.dumps({"features": fc.to_dict(), "copies": copies, "speed": speed_speakers}, sort_keys=True)
+    out = work / hashlib.sha1(key.encode()).hexdigest()[:12]
+    lst = out / "list.txt"
+    if lst.exists():
+        return lst
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "features.json").write_text(json.dumps(fc.to_dict(), indent=1) + "\n")
+    noise = tuple(str(p) for p in sorted((DATA / "noise").glob("*.flac")) if "miaow" not in p.name)
+    aug = Augmenter(AugmentConfig(noise=True, noise_files=noise, snr_db=(5.0, 20.0), reverb=True, reverb_prob=0.5), 0)
+    lines = []
+
+    def save(feats: np.ndarray, spk: str, name: str) -> None:
+        f = out / spk / f"{name}.npy"
+        f.parent.mkdir(exist_ok=True)
+        np.save(f, feats)
+        lines.append(f"{f}\t{spk}\n")
+
+    for p, spk, _ in train:
+        stem = Path(p).stem
+        save(compute_file(p, fc), spk, stem)
+        if copies or speed_speakers:
+            wave = sf.read(p, dtype="float32")[0]
+        for k in range(copies):
+            save(compute(aug(wave, fc.sample_rate).astype(np.float32), fc), spk, f"{stem}_aug{k}")
+        for factor in (0.9, 1.1) if speed_speakers else ():
+            save(compute(speed_perturb(wave, factor), fc), f"{spk}_sp{factor}", f"{stem}_sp{factor}")
+    lst.write_text("".join(lines))
     return lst
 
 
@@ -111,6 +134,8 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="skip training where the model file exists")
     ap.add_argument("--input", choices=("features", "audio"), default="features",
                     help="train from precomputed feature files (default) or from audio")
+    ap.add_argument("--copies", type=int, default=0, help="features input: augmented copies (noise, reverb) per utterance")
+    ap.add_argument("--speed-speakers", action="store_true", help="features input: 0.9x/1.1x speed copies as new speakers")
     a = ap.parse_args()
     if not (DATA / "librispeech_tc100").is_dir():
         raise SystemExit(f"train_compare: needs {DATA / 'librispeech_tc100'}")
@@ -136,7 +161,10 @@ def main() -> None:
             from spkid.training import load_config
 
             cfg = load_config(REPO / "configs" / f"{name}.toml")
-            inputs = a.work / "train.txt" if a.input == "audio" else precompute(cfg.frontend().cfg, train, a.work / "feats")
+            if a.input == "audio":
+                inputs = a.work / "train.txt"
+            else:
+                inputs = precompute(cfg.frontend().cfg, train, a.work / "feats", a.copies, a.speed_speakers)
             cmd = [sys.executable, "-m", "spkid", "train", str(inputs), "-c", str(REPO / "configs" / f"{name}.toml"),
                    "-o", str(model), "--run-dir", str(a.work / f"{name}.run"), "--epochs", "100000", "--val-speakers", "0",
                    "--time-budget", str(a.budget), "--threads", str(a.threads), "--seed", "0"]
