@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from spkid import streams
 from spkid.errors import SpkidError
 
 log = logging.getLogger(__name__)
@@ -360,8 +361,6 @@ def load_features(path: str, front: Any | None = None) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise SpkidError(f"{path}: no such file")
-    from spkid import streams
-
     feats = streams.read_array(path)  # the hardened .npy reader: damaged headers and cut data are SpkidErrors
     if front is not None:
         for parent in list(p.resolve().parents)[:6]:

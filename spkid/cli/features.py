@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -102,12 +102,11 @@ def _check_config(out_dir: str, cfg: Any, overwrite: bool) -> None:
     if overwrite or not path.exists():
         return
     try:
-        front = read_feature_config(path)
+        a = read_feature_config(path).to_dict()
     except SpkidError as e:
         raise SpkidError(f"{e}; remove it, use another -d, or --overwrite") from None
-    old = getattr(front, "cfg", front)
-    if old != cfg:
-        a, b = asdict(old), asdict(cfg)
+    b = cfg.to_dict()
+    if a != b:
         diff = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k))
         raise SpkidError(f"{path} was written with other settings ({diff}); use another -d, or --overwrite to redo all")
 
