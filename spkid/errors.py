@@ -1,5 +1,53 @@
-"""The one exception type the CLI turns into `spkid <cmd>: error: ...` with exit code 1."""
+"""The one exception type the CLI turns into `spkid <cmd>: error: ...` with exit code 1, and Ctrl-C bookkeeping."""
+
+from __future__ import annotations
+
+import signal
+import sys
 
 
 class SpkidError(Exception):
     """A runtime failure the user can act on: the message names the file and the problem."""
+
+
+_interrupted = False
+
+
+def _on_sigint(signum, frame) -> None:
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+def _unraisable(hook):
+    def quiet(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            hook(unraisable)
+
+    quiet.spkid = True
+    return quiet
+
+
+def catch_interrupts() -> None:
+    """Make a Ctrl-C impossible to lose.
+
+    Python swallows an exception raised inside a `__del__` method or a weakref callback (printing "Exception
+    ignored in ..."). A Ctrl-C that lands while, say, a SoundFile is garbage-collected would vanish and the
+    command would run on and commit its output. The handler installed here remembers the interrupt as well as
+    raising KeyboardInterrupt: commit points call `check_interrupted()` before renaming a file into place, and
+    `main()` exits 130 even if the exception itself was swallowed. Swallowed interrupts print nothing.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored (nohup, &)
+        signal.signal(signal.SIGINT, _on_sigint)
+    if not getattr(sys.unraisablehook, "spkid", False):
+        sys.unraisablehook = _unraisable(sys.unraisablehook)
+
+
+def interrupted() -> bool:
+    return _interrupted
+
+
+def check_interrupted() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C came at any point, even where Python swallowed the exception."""
+    if _interrupted:
+        raise KeyboardInterrupt

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spkid.errors import SpkidError
+from spkid.errors import SpkidError, check_interrupted
 from spkid.streams import split_lines
 
 log = logging.getLogger(__name__)
@@ -322,6 +322,7 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def _swap_into_place(new: Path, dst: Path) -> None:
+    check_interrupted()
     if not dst.exists():
         os.rename(new, dst)
     elif _exchange(new, dst):

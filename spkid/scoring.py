@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from spkid import metrics
-from spkid.errors import SpkidError
+from spkid.errors import SpkidError, check_interrupted
 
 log = logging.getLogger(__name__)
 
@@ -678,6 +678,7 @@ def _atomic_write(path: Path, write) -> None:
             os.fsync(f.fileno())
         mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
         os.chmod(tmp, mode)
+        check_interrupted()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -30,7 +30,7 @@ from typing import IO, BinaryIO
 
 import numpy as np
 
-from spkid.errors import SpkidError
+from spkid.errors import SpkidError, check_interrupted
 
 LIST_SUFFIXES = (".txt", ".lst", ".list", ".scp")
 
@@ -401,6 +401,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        check_interrupted()
         os.replace(tmp, path)
     except BaseException:
         if tmp is not None:
@@ -429,6 +430,7 @@ def _atomic_path(path: Path) -> Iterator[Path]:
         os.fchmod(fd, _default_mode())
         os.close(fd)
         yield Path(tmp)
+        check_interrupted()
         os.replace(tmp, path)
     except BaseException:
         if tmp is not None:

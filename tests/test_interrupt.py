@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -280,3 +281,39 @@ def test_ctrl_c_leaves_nothing_behind(name: str, outcomes):
     assert all(line.startswith(f"spkid {cmd}: ") for line in o.err.splitlines() if line.strip()), o.err
     assert o.temps == []
     assert o.after == o.before  # nothing new (no partial output), nothing changed
+
+
+SWALLOWED = """
+import os, signal, sys
+import soundfile
+
+close, fired = soundfile.SoundFile.__del__, []
+
+
+def interrupted_del(self):  # Ctrl-C while a SoundFile is garbage-collected: Python swallows the KeyboardInterrupt
+    if not fired:
+        fired.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+    close(self)
+
+
+soundfile.SoundFile.__del__ = interrupted_del
+from spkid.cli import main
+
+main(sys.argv[1:])
+"""
+
+
+def test_ctrl_c_swallowed_inside_a_destructor_still_stops_the_command(tmp_path):
+    """A Ctrl-C that lands in a `__del__` (where Python ignores exceptions) is not lost: exit 130, no output."""
+    clips = []
+    for i in range(3):
+        clips.append(tmp_path / f"c{i}.wav")
+        sf.write(clips[-1], synth_voice(150.0, (600.0, 1700.0), 1.0, seed=i), 16000, subtype="PCM_16")
+    (tmp_path / "list.txt").write_text("".join(f"{c}\n" for c in clips))
+    out = tmp_path / "vad.npy"
+    r = subprocess.run([sys.executable, "-c", SWALLOWED, "vad", str(tmp_path / "list.txt"), "-o", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 130, r.stderr
+    assert r.stderr.strip() == "spkid vad: interrupted", r.stderr
+    assert not out.exists() and temp_files(tmp_path) == []

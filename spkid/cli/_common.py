@@ -16,7 +16,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from spkid.errors import SpkidError
+from spkid.errors import SpkidError, check_interrupted
 from spkid.streams import Entry, remove_temp_files
 
 log = logging.getLogger("spkid")
@@ -119,6 +119,7 @@ def progress_bar(total: int, desc: str) -> Iterator[Callable[[], None]]:
 def progress(items: Sequence[T], desc: str) -> Iterator[T]:
     with progress_bar(len(items), desc) as advance:
         for item in items:
+            check_interrupted()
             yield item
             advance()
 
@@ -159,6 +160,7 @@ def map_entries(
     with progress_bar(len(entries), desc) as advance:
         try:
             for entry, out in zip(entries, outputs):
+                check_interrupted()
                 advance()
                 if isinstance(out, ItemError):
                     if not skip_bad:
