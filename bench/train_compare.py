@@ -1,7 +1,7 @@
 """Every training config, same data, same CPU budget: test EER, minDCF, parameters and crops/s in one table.
 
 Usage: python bench/train_compare.py [--budget 300] [--configs ecapa_tdnn,thin_resnet] [--work DIR] [--threads 2]
-                                     [--input features|audio] [--copies K] [--speed-speakers]
+                                     [--jobs 1] [--input features|audio] [--copies K] [--speed-speakers] [--reuse]
 
 Data: ../shared/data/librispeech_tc100, split by speaker with a fixed seed (recipes/make_lists.py: 200 speakers
 train, 51 test, speakers 19, 26 and 27 always in test). Trials: every pair of test files ("all": same-recording
@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ sys.path.insert(0, str(REPO / "recipes"))
 
 import make_lists  # noqa: E402
 
-from spkid import metrics  # noqa: E402
+from spkid import metrics, modelfile  # noqa: E402
 from spkid.features import FeatureConfig, compute  # noqa: E402
 
 
@@ -71,8 +72,6 @@ def mfcc_floor(waves: list[np.ndarray]) -> np.ndarray:
 
 def embed_model(model_path: Path, waves: list[np.ndarray]) -> np.ndarray:
     import torch
-
-    from spkid import modelfile
 
     net, spec = modelfile.load(model_path)
     feats = FeatureConfig.from_dict(spec.features)
@@ -125,12 +124,31 @@ def precompute(fc: FeatureConfig, train: list, work: Path, copies: int = 0, spee
     return lst
 
 
+def train_command(name: str, model: Path, a: argparse.Namespace, train: list) -> list[str]:
+    """The `spkid train` command line of config `name` (its feature files are computed here, for features input)."""
+    from spkid.training import load_config
+
+    cfg = load_config(REPO / "configs" / f"{name}.toml")
+    if a.input == "audio":
+        inputs = a.work / "train.txt"
+    else:
+        inputs = precompute(cfg.frontend().cfg, train, a.work / "feats", a.copies, a.speed_speakers)
+    cmd = [sys.executable, "-m", "spkid", "train", str(inputs), "-c", str(REPO / "configs" / f"{name}.toml"),
+           "-o", str(model), "--run-dir", str(a.work / f"{name}.run"), "--epochs", "100000", "--val-speakers", "0",
+           "--time-budget", str(a.budget), "--threads", str(a.threads), "--seed", "0"]
+    if a.input == "audio" and cfg.augment:  # configs that augment also get real noise
+        cmd += ["--noise", str(DATA / "noise")]
+    return cmd
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=float, default=300, help="training seconds per config")
     ap.add_argument("--configs", default="", help="comma-separated config names (default: all in configs/)")
     ap.add_argument("--work", type=Path, default=Path("bench/out/train_compare"))
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per training")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="trainings at once (jobs x threads <= cores keeps the budgets comparable)")
     ap.add_argument("--reuse", action="store_true", help="skip training where the model file exists")
     ap.add_argument("--input", choices=("features", "audio"), default="features",
                     help="train from precomputed feature files (default) or from audio")
@@ -155,26 +173,21 @@ def main() -> None:
     names = [n for n in a.configs.split(",") if n] or sorted(p.stem for p in (REPO / "configs").glob("*.toml")
                                                              if p.stem != "default")
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
-    for name in names:
+    commands = {}
+    for name in names:  # feature files first (before any clock starts), then the trainings, `--jobs` at a time
         model = a.work / f"{name}.pt"
         if not (a.reuse and model.exists()):
-            from spkid.training import load_config
+            commands[name] = train_command(name, model, a, train)
 
-            cfg = load_config(REPO / "configs" / f"{name}.toml")
-            if a.input == "audio":
-                inputs = a.work / "train.txt"
-            else:
-                inputs = precompute(cfg.frontend().cfg, train, a.work / "feats", a.copies, a.speed_speakers)
-            cmd = [sys.executable, "-m", "spkid", "train", str(inputs), "-c", str(REPO / "configs" / f"{name}.toml"),
-                   "-o", str(model), "--run-dir", str(a.work / f"{name}.run"), "--epochs", "100000", "--val-speakers", "0",
-                   "--time-budget", str(a.budget), "--threads", str(a.threads), "--seed", "0"]
-            if a.input == "audio" and cfg.augment:  # configs that augment also get real noise
-                cmd += ["--noise", str(DATA / "noise")]
-            t = time.time()
-            subprocess.run(cmd, check=True, env=env)
-            print(f"[{name}] trained in {time.time() - t:.0f} s", file=sys.stderr)
-        from spkid import modelfile
+    def run(name: str) -> None:
+        t = time.time()
+        subprocess.run(commands[name], check=True, env=env)
+        print(f"[{name}] trained in {time.time() - t:.0f} s", file=sys.stderr)
 
+    with ThreadPoolExecutor(a.jobs) as pool:
+        list(pool.map(run, commands))
+    for name in names:
+        model = a.work / f"{name}.pt"
         spec, _ = modelfile.read(model)
         hist = spec.training["history"]
         crops = sum(h["crops_per_s"] * h["seconds"] for h in hist) / max(sum(h["seconds"] for h in hist), 1e-9)
@@ -183,7 +196,7 @@ def main() -> None:
     (a.work / "results.json").write_text(json.dumps(results, indent=2))
     n_tar = int(trials["all"][2].sum())
     print(f"\nSame data (200 train / 51 test speakers of librispeech_tc100, {a.input} input), {a.budget:g} s CPU "
-          f"budget each, {a.threads} threads; trials: all {n_tar} target / {len(trials['all'][2]) - n_tar} nontarget, "
+          f"budget each, {a.threads} threads x {a.jobs} trainings at once; trials: all {n_tar} target / {len(trials['all'][2]) - n_tar} nontarget, "
           f"cross-recording {int(trials['cross'][2].sum())} target")
     print(f"{'config':<26}{'params':>10}{'crops/s':>9}{'epochs':>8}{'EER all':>9}{'minDCF':>8}{'EER cross':>11}{'minDCF':>8}")
     for r in results:
