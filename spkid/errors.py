@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 
 
 class SpkidError(Exception):
@@ -37,14 +38,11 @@ def catch_interrupts() -> None:
     raising KeyboardInterrupt: commit points call `check_interrupted()` before renaming a file into place, and
     `main()` exits 130 even if the exception itself was swallowed. Swallowed interrupts print nothing.
     """
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored (nohup, &)
+    if (threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler):  # not where SIGINT is ignored (&)
         signal.signal(signal.SIGINT, _on_sigint)
     if not getattr(sys.unraisablehook, "spkid", False):
         sys.unraisablehook = _unraisable(sys.unraisablehook)
-
-
-def interrupted() -> bool:
-    return _interrupted
 
 
 def check_interrupted() -> None:

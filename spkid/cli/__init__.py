@@ -17,7 +17,7 @@ from typer._click.exceptions import ClickException
 
 from spkid import __version__
 from spkid.cli import _common
-from spkid.errors import SpkidError, catch_interrupts, interrupted
+from spkid.errors import SpkidError, catch_interrupts, check_interrupted
 
 app = typer.Typer(
     name="spkid",
@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rv = app(args=args, prog_name="spkid", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
-        if interrupted():  # a Ctrl-C that Python swallowed (errors.catch_interrupts)
-            raise KeyboardInterrupt
+        check_interrupted()  # a Ctrl-C that Python swallowed (errors.catch_interrupts)
     except Exit as e:
         code = e.exit_code
     except ClickException as e:
