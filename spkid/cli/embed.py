@@ -16,7 +16,7 @@ import typer
 
 from spkid import streams
 from spkid.cli._common import InputsArg, ItemError, JobsOpt, OutputOpt, ShardOpt, SkipBadOpt, _guard, progress_bar
-from spkid.errors import SpkidError
+from spkid.errors import SpkidError, check_interrupted
 from spkid.streams import Entry
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ def embed_entries(
     errors: list[ItemError] = []
     with progress_bar(len(entries), desc) as advance:
         for a in range(0, len(entries), PREPARE_CHUNK):
+            check_interrupted()
             chunk = entries[a : a + PREPARE_CHUNK]
             if jobs > 1 and len(chunk) > 1:
                 from joblib import Parallel, delayed
