@@ -162,24 +162,36 @@ def map_entries(
             for entry, out in zip(entries, outputs):
                 check_interrupted()
                 advance()
-                if isinstance(out, ItemError):
-                    if not skip_bad:
-                        raise SpkidError(out.message)
-                    log.warning("skipped %s", out.message)
-                    errors.append(out)
-                else:
+                if keep(out, skip_bad, errors):
                     results.append((entry, out))
         except BaseException:  # a bad item, Ctrl-C: joblib stops its workers now, before the caller cleans up
             if hasattr(outputs, "close"):
                 outputs.close()
             raise
     if errors:
-        log.warning("done %d/%d (%d skipped)", len(results), len(entries), len(errors))
-        if not results:
-            raise SpkidError(f"all {len(entries)} items failed; first: {errors[0].message}")
+        report_skipped(len(results), len(entries), errors)
     elif not STATE.quiet and not show_progress():
         log.info("done %d/%d", len(results), len(entries))
     return results
+
+
+def keep(out: T | ItemError, skip_bad: bool, errors: list[ItemError]) -> bool:
+    """Whether `out` is a good result. A failed item raises SpkidError (strict), or with `skip_bad` is warned
+    about and added to `errors`."""
+    if not isinstance(out, ItemError):
+        return True
+    if not skip_bad:
+        raise SpkidError(out.message)
+    log.warning("skipped %s", out.message)
+    errors.append(out)
+    return False
+
+
+def report_skipped(good: int, total: int, errors: list[ItemError]) -> None:
+    """The summary after a `--skip-bad` run with failures; SpkidError when every item failed."""
+    log.warning("done %d/%d (%d skipped)", good, total, len(errors))
+    if not good:
+        raise SpkidError(f"all {total} items failed; first: {errors[0].message}")
 
 
 def run_file_job(

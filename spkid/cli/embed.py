@@ -15,7 +15,8 @@ import numpy as np
 import typer
 
 from spkid import streams
-from spkid.cli._common import InputsArg, ItemError, JobsOpt, OutputOpt, ShardOpt, SkipBadOpt, _guard, progress_bar
+from spkid.cli._common import (InputsArg, ItemError, JobsOpt, OutputOpt, ShardOpt, SkipBadOpt, _guard, keep,
+                               progress_bar, report_skipped)
 from spkid.errors import SpkidError, check_interrupted
 from spkid.streams import Entry
 
@@ -87,12 +88,7 @@ def embed_entries(
                         check(e, out)
                     except SpkidError as err:
                         out = ItemError(e, str(err))
-                if isinstance(out, ItemError):
-                    if not skip_bad:
-                        raise SpkidError(out.message)
-                    log.warning("skipped %s", out.message)
-                    errors.append(out)
-                else:
+                if keep(out, skip_bad, errors):
                     ready.append((e, out))
             if ready:
                 vecs.append(emb.embed_prepared([p for _, p in ready]))
@@ -101,9 +97,7 @@ def embed_entries(
             for _ in chunk:
                 advance()
     if errors:
-        log.warning("done %d/%d (%d skipped)", len(good), len(entries), len(errors))
-        if not good:
-            raise SpkidError(f"all {len(entries)} items failed; first: {errors[0].message}")
+        report_skipped(len(good), len(entries), errors)
     dim = emb.net.embed_dim
     return good, (np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)), quals
 
