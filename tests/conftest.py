@@ -12,31 +12,82 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def synth_voice(f0: float, formants: tuple[float, ...], seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
-    """A harmonic "voice": glottal-like pulse train at f0 (with jitter and syllable-rate on/off) through formant resonators.
+# multiplicative offsets of (F1, F2, F3) from a speaker's neutral formants, for a few vowel qualities
+VOWELS = np.array([[1.0, 1.0, 1.0], [0.78, 1.22, 1.04], [1.15, 0.92, 0.98], [0.82, 0.85, 0.96],
+                   [1.08, 1.12, 1.02], [0.9, 1.08, 1.0], [1.12, 1.03, 0.99]])
 
-    Returns float32 mono in [-1, 1]. Distinct (f0, formants) give distinct, learnable "speakers".
+
+def synth_voice(f0: float, formants: tuple[float, ...], seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
+    """A speech-like "voice": syllables of a glottal pulse train through moving formant resonators.
+
+    Phrases of 2-7 syllables (80-320 ms) and pauses; the pitch falls across each phrase with a rise on
+    accented syllables; each syllable takes a vowel of its own (formants glide between them); unvoiced
+    fricative noise between some syllables. The speaker is `f0` (mean pitch) and `formants` (neutral
+    formant frequencies, Hz): distinct values give distinct, learnable speakers.
+    Returns float32 mono in [-1, 1].
     """
     from scipy.signal import lfilter
 
     rng = np.random.default_rng(seed)
     n = int(seconds * sr)
+    blk = max(1, sr // 200)  # 5 ms control blocks
+    nb = -(-n // blk)
+    cap = nb + 100  # room for the last syllable to run past the end
+    pitch = np.zeros(cap)  # pitch offset per block, relative to f0
+    voicing = np.zeros(cap)  # voiced amplitude per block
+    frication = np.zeros(cap)  # unvoiced (noise) amplitude per block
+    vowel = np.ones((cap, 3))  # formant factors per block
+    b = int(rng.integers(0, 30))  # a short lead-in
+    while b < nb:
+        start = b
+        for _ in range(int(rng.integers(2, 8))):  # syllables of a phrase
+            if rng.random() < 0.5:  # a fricative onset
+                m = int(rng.integers(8, 20))
+                frication[b : b + m] = rng.uniform(0.15, 0.4) * np.hanning(m + 2)[1:-1]
+                b += m
+            m = int(rng.integers(16, 64))
+            env = np.minimum(1.0, np.minimum(np.arange(1, m + 1) / 4, np.arange(m, 0, -1) / 8))
+            voicing[b : b + m] = env * 10 ** (rng.uniform(-6, 0) / 20)
+            accent = rng.uniform(0.05, 0.2) if rng.random() < 0.4 else rng.uniform(-0.03, 0.03)
+            pitch[b : b + m] = accent * np.hanning(m + 2)[1:-1]
+            vowel[b : b + m] = VOWELS[rng.integers(len(VOWELS))]
+            b += m
+            if b >= nb:
+                break
+        pitch[start:b] += np.linspace(0.08, -0.1, b - start)  # declination across the phrase
+        b += int(rng.integers(30, 90))  # pause: 150-450 ms
+    # formants glide between syllables (45 ms)
+    kern = np.hanning(9) / np.hanning(9).sum()
+    vowel = np.stack([np.convolve(np.pad(v, 4, mode="edge"), kern, mode="valid") for v in vowel[:nb].T], axis=1)
+    pitch, voicing, frication = pitch[:nb], voicing[:nb], frication[:nb]
+    jitter = np.convolve(rng.standard_normal(nb), np.hanning(5), mode="same") * 0.012  # irregular periods
     t = np.arange(n) / sr
-    f = f0 * (1 + 0.03 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6.3)) + 0.005 * rng.standard_normal(n).cumsum() / np.sqrt(n))
+
+    def up(a: np.ndarray) -> np.ndarray:  # per block -> per sample
+        return np.interp(t, (np.arange(nb) + 0.5) * blk / sr, a)
+
+    f = f0 * (1 + up(pitch) + up(jitter))
     phase = 2 * np.pi * np.cumsum(f) / sr
     src = np.zeros(n)
-    for k in range(1, int(4000 / f0)):
+    for k in range(1, max(2, int(min(4000, 0.45 * sr) / f0))):
         src += np.cos(k * phase) / k
-    x = src
-    for fc in formants:
-        r = np.exp(-np.pi * 120 / sr)
-        a = [1, -2 * r * np.cos(2 * np.pi * fc / sr), r * r]
-        x = x + 0.6 * lfilter([1 - r], a, src)
-    # syllables: ~4 Hz on/off envelope, with pauses
-    env = (np.sin(2 * np.pi * 4 * t + rng.uniform(0, 6.3)) > -0.3).astype(float)
-    env = np.convolve(env, np.hanning(400) / np.hanning(400).sum(), mode="same")
-    x = x * env + 0.003 * rng.standard_normal(n)
-    return (0.5 * x / (np.abs(x).max() + 1e-9)).astype(np.float32)
+    src *= up(voicing)
+    noise = rng.standard_normal(n) * (up(frication) + 0.08 * up(voicing))  # fricatives, breath
+    noise = lfilter([1, -0.9], [1], noise)  # fricatives are bright
+    x = 0.3 * src + noise
+    out = np.zeros(n)
+    r = np.exp(-np.pi * 120 / sr)
+    for i, fc in enumerate(formants):
+        y = np.zeros(n)
+        zi = np.zeros(2)
+        track = fc * vowel[:, min(i, 2)]
+        for j in range(nb):
+            a, e = j * blk, min(n, (j + 1) * blk)
+            w = 2 * np.pi * min(track[j], 0.45 * sr) / sr
+            y[a:e], zi = lfilter([1 - r], [1, -2 * r * np.cos(w), r * r], x[a:e], zi=zi)
+        out += y / (i + 1) ** 0.5
+    out += 0.003 * rng.standard_normal(n) * np.abs(out).max()
+    return (0.5 * out / (np.abs(out).max() + 1e-9)).astype(np.float32)
 
 
 SPEAKERS = {

@@ -58,7 +58,7 @@ def test_unknown_config_key_is_an_error(tmp_path: Path):
 
 def test_tiny_run_learns_three_speakers(wav_list: Path, tmp_path: Path):
     model = tmp_path / "m.pt"
-    proc = sh(f"spkid train {wav_list} -o {model} {FAST} --epochs 6 --steps 5 --lr 3e-3", check=True)
+    proc = sh(f"spkid train {wav_list} -o {model} {FAST} --epochs 6 --steps 8 --lr 3e-3", check=True)
     assert proc.stdout == b""  # stdout is for data only
     log = [json.loads(line) for line in (tmp_path / "m.run" / "log.jsonl").read_text().splitlines()]
     assert len(log) == 6
