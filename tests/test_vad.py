@@ -148,8 +148,8 @@ def _bench():
 
 
 def test_accuracy_on_real_speech_in_noise_and_music(shared_data):
-    """Loose bounds on held-out material: speech in noise and music at 10 dB, and the pure held-out music,
-    effects and noise (bench/vad.py measures the same thing in full)."""
+    """Held-out material: speech in noise and music at 10 dB (a loose bound), and the pure held-out music,
+    effects and noise, none flagged over 5 % (bench/vad.py measures the same thing in full)."""
     bench = _bench()
     rng = np.random.default_rng(3)
     clips = bench.bench_nonspeech()
@@ -163,9 +163,6 @@ def test_accuracy_on_real_speech_in_noise_and_music(shared_data):
         k = bench.scored(ref)
         agree.append(np.mean(hyp[k] == ref[k]))
     assert np.mean(agree) > 0.88, agree
-    totals: dict[str, np.ndarray] = {}
-    for c in clips:
-        hyp = bench.frames_from_segments(vad.segments(c.signal, SR), len(c.signal) // 160)
-        totals[c.kind] = totals.get(c.kind, np.zeros(2)) + [hyp.sum(), len(hyp)]
-    share = {kind: flagged / frames for kind, (flagged, frames) in totals.items()}
-    assert share["noise"] < 0.02 and share["effect"] < 0.05 and share["music"] < 0.08, share
+    flagged = {c.name: np.mean(bench.frames_from_segments(vad.segments(c.signal, SR), len(c.signal) // 160))
+               for c in clips}
+    assert max(flagged.values()) <= 0.05, flagged  # the goal, on every held-out clip (music never heard included)
