@@ -582,6 +582,8 @@ def main() -> None:
                          "--extra-music takes them); default: hyperrogue's; none: --dev-music alone")
     ap.add_argument("--cache", type=Path, help="keep the synthesised features in this .npz and reuse them")
     args = ap.parse_args()
+    if args.examples < args.batch:
+        ap.error(f"--examples ({args.examples}) must be at least --batch ({args.batch})")
 
     t0 = time.time()
     fe = Frontend()

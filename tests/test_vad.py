@@ -166,3 +166,32 @@ def test_accuracy_on_real_speech_in_noise_and_music(shared_data):
     flagged = {c.name: np.mean(bench.frames_from_segments(vad.segments(c.signal, SR), len(c.signal) // 160))
                for c in clips}
     assert max(flagged.values()) <= 0.05, flagged  # the goal, on every held-out clip (music never heard included)
+
+
+def test_training_script_smoke(shared_data, tmp_path):
+    """scripts/train_vad.py end to end on a few examples: extra music from a folder (ogg and wav, stereo, 44.1 kHz),
+    the exported numpy model equal to torch's (checked inside the script), loadable by spkid, and a dev report."""
+    import json
+
+    import soundfile as sf
+
+    from conftest import REPO
+
+    music = tmp_path / "music"
+    music.mkdir()
+    t = np.arange(44100 * 3) / 44100
+    tune = 0.3 * np.sin(2 * np.pi * 440 * t) * (np.sin(2 * np.pi * 2 * t) > 0)
+    sf.write(music / "a.ogg", np.stack([tune, tune], axis=1), 44100)
+    sf.write(music / "b.wav", tune[:30000], 44100)
+    out = tmp_path / "vad.npz"
+    proc = subprocess.run([sys.executable, REPO / "scripts" / "train_vad.py", "--examples", "40", "--epochs", "1",
+                           "--extra-music", music, "--dev-music", music, "-o", out], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stderr.strip().splitlines()[-1])["dev"]
+    assert report["dev_music_over_5%"].endswith("/2") and 0 <= report["agreement@10dB"] <= 1
+    model = vad.VadModel(out)
+    assert model.meta["args"]["extra_music"] == [str(music)] and model.meta["format"] == "spkid-vad/1"
+    assert vad.speech_prob(np.zeros(16000, np.float32), SR, model).shape == (100,)
+    missing = subprocess.run([sys.executable, REPO / "scripts" / "train_vad.py", "--extra-music", tmp_path / "none"],
+                             capture_output=True, text=True)
+    assert missing.returncode != 0 and "music folder not found" in missing.stderr and len(missing.stderr.splitlines()) == 1
