@@ -2,7 +2,7 @@
 
     apt-get install wesnoth-1.16-music warzone2100-music singularity-music asc-music planetblupi-music-ogg \
                     hyperrogue-music                       # Debian: 10 h of game music (GPL, no singing)
-    python scripts/train_vad.py                  # seeded; ~15 min on 2 cores (2 data processes, 1 torch thread)
+    python scripts/train_vad.py                  # seeded; ~12 min on 2 cores (2 data processes, 1 torch thread)
     python scripts/train_vad.py --examples 400 --epochs 1 --extra-music --dev-music -o /tmp/vad.npz  # smoke run
 
 Data split (see bench/vad.py for the benchmark side; nothing the benchmark scores is trained on):
@@ -21,7 +21,7 @@ Data split (see bench/vad.py for the benchmark side; nothing the benchmark score
 - more real music (`--extra-music`, by default the Debian game-music packages above but hyperrogue's): one
   excerpt of up to 90 s a track, 100 tracks. silero-vad flags at most 1.7 % of any excerpt, so none holds
   singing. hyperrogue's 17 tracks (`--dev-music`) are never trained on and are scored in the dev report:
-  music of another composer, never heard, chosen from before the benchmark is run.
+  music by other composers, never heard, to choose settings by without touching the benchmark.
 - `--unseen-music CLIP ...` keeps whole training-side music clips out of training and scores them in the dev
   report: the check of generalisation to music never heard (the dev ranges of trained clips are too easy).
 Labels come from the dry speech with the benchmark's reference rule (35 dB below loud frames, pauses < 200 ms filled).
