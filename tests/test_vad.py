@@ -1,16 +1,19 @@
 """spkid.vad: windows and spans (against brute force), post-processing known answers, input checks, the shipped
-model on real speech with noise and on held-out music, and no torch on the path."""
+model on real speech with noise and on held-out music, no torch on the path, and the training script."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import soundfile as sf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import REPO
 from spkid import vad
 from spkid.errors import SpkidError
 
@@ -170,13 +173,9 @@ def test_accuracy_on_real_speech_in_noise_and_music(shared_data):
 
 def test_training_script_smoke(shared_data, tmp_path):
     """scripts/train_vad.py end to end on a few examples: extra music from a folder (ogg and wav, stereo, 44.1 kHz),
-    the exported numpy model equal to torch's (checked inside the script), loadable by spkid, and a dev report."""
-    import json
-
-    import soundfile as sf
-
-    from conftest import REPO
-
+    the exported numpy model equal to torch's (checked inside the script), loadable by spkid, and a dev report;
+    then its two refusals."""
+    script = [sys.executable, REPO / "scripts" / "train_vad.py"]
     music = tmp_path / "music"
     music.mkdir()
     t = np.arange(44100 * 3) / 44100
@@ -184,14 +183,15 @@ def test_training_script_smoke(shared_data, tmp_path):
     sf.write(music / "a.ogg", np.stack([tune, tune], axis=1), 44100)
     sf.write(music / "b.wav", tune[:30000], 44100)
     out = tmp_path / "vad.npz"
-    proc = subprocess.run([sys.executable, REPO / "scripts" / "train_vad.py", "--examples", "40", "--epochs", "1",
-                           "--extra-music", music, "--dev-music", music, "-o", out], capture_output=True, text=True)
+    proc = subprocess.run([*script, "--examples", "40", "--epochs", "1", "--extra-music", music, "--dev-music", music,
+                           "-o", out], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stderr.strip().splitlines()[-1])["dev"]
     assert report["dev_music_over_5%"].endswith("/2") and 0 <= report["agreement@10dB"] <= 1
     model = vad.VadModel(out)
     assert model.meta["args"]["extra_music"] == [str(music)] and model.meta["format"] == "spkid-vad/1"
     assert vad.speech_prob(np.zeros(16000, np.float32), SR, model).shape == (100,)
-    missing = subprocess.run([sys.executable, REPO / "scripts" / "train_vad.py", "--extra-music", tmp_path / "none"],
-                             capture_output=True, text=True)
-    assert missing.returncode != 0 and "music folder not found" in missing.stderr and len(missing.stderr.splitlines()) == 1
+    missing = subprocess.run([*script, "--extra-music", tmp_path / "none"], capture_output=True, text=True)
+    assert missing.returncode == 1 and missing.stderr == f"train_vad.py: music folder not found: {tmp_path / 'none'}\n"
+    few = subprocess.run([*script, "--examples", "8", "--extra-music", music], capture_output=True, text=True)
+    assert few.returncode == 2 and "--examples (8) must be at least --batch (32)" in few.stderr
