@@ -353,7 +353,7 @@ def load_music(files: list[Path], seed: int) -> list[np.ndarray]:
     out = []
     for f in files:
         x, sr = audio.read(f)
-        x = audio.downmix(x)
+        x = audio.downmix(x)  # then cut before resampling: a whole track would cost several times more
         n = min(len(x), int(EXCERPT_S * sr))
         off = int(rng.integers(0, len(x) - n + 1))
         x = audio.resample(x[off : off + n], sr, SR)

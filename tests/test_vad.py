@@ -174,7 +174,7 @@ def test_accuracy_on_real_speech_in_noise_and_music(shared_data):
 def test_training_script_smoke(shared_data, tmp_path):
     """scripts/train_vad.py end to end on a few examples: extra music from a folder (ogg and wav, stereo, 44.1 kHz),
     the exported numpy model equal to torch's (checked inside the script), loadable by spkid, and a dev report;
-    then its two refusals."""
+    then its refusals."""
     script = [sys.executable, REPO / "scripts" / "train_vad.py"]
     music = tmp_path / "music"
     music.mkdir()
@@ -193,5 +193,8 @@ def test_training_script_smoke(shared_data, tmp_path):
     assert vad.speech_prob(np.zeros(16000, np.float32), SR, model).shape == (100,)
     missing = subprocess.run([*script, "--extra-music", tmp_path / "none"], capture_output=True, text=True)
     assert missing.returncode == 1 and missing.stderr == f"train_vad.py: music folder not found: {tmp_path / 'none'}\n"
+    (tmp_path / "empty").mkdir()
+    empty = subprocess.run([*script, "--extra-music", tmp_path / "empty"], capture_output=True, text=True)
+    assert empty.returncode == 1 and empty.stderr == f"train_vad.py: no audio files under {tmp_path / 'empty'}\n"
     few = subprocess.run([*script, "--examples", "8", "--extra-music", music], capture_output=True, text=True)
     assert few.returncode == 2 and "--examples (8) must be at least --batch (32)" in few.stderr
