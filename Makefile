@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo recipe docs clean
+.PHONY: install lint test demo recipe docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The layer contracts of DESIGN.md (.importlinter).
+lint: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -18,7 +18,8 @@ import numpy as np
 import soundfile as sf
 
 from spkid.errors import SpkidError
-from spkid.streams import LIST_SUFFIXES, atomic_path
+from spkid.fileio import atomic_path
+from spkid.lists import LIST_SUFFIXES
 
 FFMPEG_SUFFIXES = (".m4a", ".aac", ".mp4", ".opus", ".webm", ".wma", ".m4b", ".3gp", ".amr", ".mka", ".mkv")
 FORMATS = {"flac": ("FLAC", ".flac"), "wav": ("WAV", ".wav")}

@@ -16,8 +16,8 @@ import soundfile as sf
 
 from spkid.augment import AugmentConfig, Augmenter
 from spkid.errors import SpkidError
-from spkid.embedding import Frontend, read_feature_config
-from spkid.streams import Entry
+from spkid.frontends import Frontend, read_feature_config
+from spkid.lists import Entry
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ class CropSet:
     """Random fixed-length crops of utterances as `(frames, dims)` float32 features (a map-style dataset).
 
     Audio is read with soundfile seeking (only the crop), augmented, then turned into features by the model's
-    front end (`embedding.frontend`: `spkid.features`, or a pretrained model's own); feature files are memory-mapped. Utterances shorter than a crop are tiled
+    front end (`frontends.frontend`: `spkid.features`, or a pretrained model's own); feature files are memory-mapped. Utterances shorter than a crop are tiled
     (repeat padding, as WeSpeaker and the DeepSpeaker ResCNN recipe do) rather than zero-padded.
     With `speed_as_speakers`, the copy at the k-th speed factor gets label `label + k * n_speakers`.
     `crop_frames` may be a `(min, max)` range: then each batch draws its own length (BLSTM's 0.25-2 s windows);

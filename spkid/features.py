@@ -32,6 +32,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from spkid.cmvn import Norm, normalize
 from spkid.errors import SpkidError
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 Kind = Literal["fbank", "mfcc", "specdb", "spectrogram"]
 Window = Literal["rectangular", "hamming", "hann", "povey"]
 LogType = Literal["db", "ln"]
-Norm = Literal["none", "cmn", "cmvn", "sliding"]
 Backend = Literal["numpy", "psf"]
 
 EPS = float(np.finfo(float).eps)  # psf's floor for zero energies
@@ -393,7 +393,7 @@ def compute(signal: np.ndarray, cfg: FeatureConfig | None = None, *, keep: np.nd
     `signal`: `(samples,)` at `cfg.sample_rate` Hz, any real dtype (values used as they are: float audio
     in [-1, 1] as soundfile reads it). Frames start every `cfg.frame_step` samples; there are
     `n_frames(len(signal), cfg)` of them (0 for an empty signal) before `keep`.
-    `keep`: voiced sample ranges `[start, end)`, shape `(2,)` or `(K, 2)` (see `vad_segments`); only frames
+    `keep`: voiced sample ranges `[start, end)`, shape `(2,)` or `(K, 2)`; only frames
     whose centre lies in one are returned. Normalisation (`cfg.norm`) uses the kept frames only.
     Output is finite for any finite input, digital silence included (energies floored at float64 eps).
     """
@@ -530,76 +530,6 @@ def voiced_frames(keep: np.ndarray, n: int, cfg: FeatureConfig) -> np.ndarray:
     centre2 = 2 * np.arange(n, dtype=np.int64) * cfg.frame_step + cfg.frame_len  # twice the centre: integers
     i = np.searchsorted(2 * seg[:, 0], centre2, side="right") - 1
     return (i >= 0) & (centre2 < 2 * ends[np.maximum(i, 0)])
-
-
-def vad_segments(vad: np.ndarray, index: int) -> np.ndarray:
-    """The voiced `[start, end)` sample ranges `(K, 2)` int64 of list entry `index` in a `spkid vad` array:
-    int64 `(N, 2)` (one window per entry) or `(M, 3)` `[entry, start, end)` segments (`--segments`)."""
-    vad = np.asarray(vad)
-    if vad.ndim != 2 or vad.shape[1] not in (2, 3) or vad.dtype.kind not in "iu":
-        raise SpkidError(f"VAD array must be integer (N, 2) or (M, 3) as `spkid vad` writes, got {vad.dtype} {vad.shape}")
-    if vad.shape[1] == 2:
-        if not 0 <= index < len(vad):
-            raise SpkidError(f"VAD array has {len(vad)} rows but the list has entry {index + 1}; "
-                             "use the VAD array made from the same list")
-        return vad[index : index + 1].astype(np.int64)
-    return vad[vad[:, 0] == index, 1:].astype(np.int64)
-
-
-def normalize(feats: np.ndarray, norm: str, cmn_window: int = 300) -> np.ndarray:
-    """Per-dimension normalisation of `(frames, dims)` float32, in place (also returned).
-
-    "cmn": subtract the mean; "cmvn": and divide by the standard deviation (constant dims are only
-    centred); "sliding": subtract the mean over `cmn_window` frames centred on each frame, shifted to lie
-    inside the utterance near its edges (Kaldi `apply-cmvn-sliding --center=true --norm-vars=false`).
-    Statistics are accumulated in float64, a block of rows at a time (no full-size temporaries).
-    """
-    n = len(feats)
-    if norm == "none" or n == 0:
-        return feats
-    if norm == "sliding":
-        _sliding_cmn(feats, cmn_window)
-        return feats
-    if norm not in ("cmn", "cmvn"):
-        raise SpkidError(f"unknown norm {norm!r}; choose from {', '.join(get_args(Norm))}")
-    rows = 1 << 16
-    mean = sum(feats[i : i + rows].sum(axis=0, dtype=np.float64) for i in range(0, n, rows)) / n
-    std = None
-    if norm == "cmvn":
-        sq = sum((((feats[i : i + rows] - mean) ** 2).sum(axis=0)) for i in range(0, n, rows))
-        std = np.sqrt(sq / n)
-        std[std < 1e-10] = 1.0
-    for i in range(0, n, rows):
-        block = feats[i : i + rows]
-        block -= mean.astype(np.float32)
-        if std is not None:
-            block /= std.astype(np.float32)
-    return feats
-
-
-def _sliding_cmn(x: np.ndarray, window: int) -> None:
-    n = len(x)
-    t = np.arange(n, dtype=np.int64)
-    start = t - window // 2
-    end = start + window
-    end -= np.minimum(start, 0)
-    start = np.maximum(start, 0)
-    over = np.maximum(end - n, 0)
-    start = np.maximum(start - over, 0)
-    end -= over
-    rows = max(1 << 14, window)
-    saved = x[:0].astype(np.float64)  # original (pre-normalisation) rows [a - len(saved), a)
-    for a in range(0, n, rows):
-        b = min(n, a + rows)
-        lo, hi = int(start[a]), int(end[b - 1])
-        seg = np.concatenate([saved[len(saved) - (a - lo) :] if a > lo else saved[:0], x[a:hi].astype(np.float64)])
-        cs = np.zeros((len(seg) + 1, x.shape[1]))
-        np.cumsum(seg, axis=0, out=cs[1:])
-        ws, we = start[a:b] - lo, end[a:b] - lo
-        means = (cs[we] - cs[ws]) / (we - ws)[:, None]
-        keep_from = max(lo, b - window)
-        saved = seg[keep_from - lo : b - lo].copy()
-        x[a:b] -= means.astype(np.float32)
 
 
 def fbank(signal: np.ndarray, sample_rate: int = 16000, **options: Any) -> np.ndarray:

@@ -16,42 +16,35 @@ gallery.json        {"format": "spkid-gallery/1", "model": {"sha256", "label", "
 Arrays are read with `allow_pickle=False`, the large ones memory-mapped. A gallery is written whole into a new
 folder beside the old one (`.NAME.tmp-PID-XXXX`), which is then swapped into place atomically (Linux
 `renameat2(RENAME_EXCHANGE)`; elsewhere two renames, with `.NAME.old-*` picked up again after a crash between
-them): a crash leaves the old gallery or the new one, never a mix. Writers hold `.NAME.lock` beside the folder
-(`GalleryLock`), so concurrent `enroll` runs queue instead of losing each other's speakers.
+them; `spkid.fileio`): a crash leaves the old gallery or the new one, never a mix. Writers hold `.NAME.lock` beside
+the folder (`spkid.filelock`), so concurrent `enroll` runs queue instead of losing each other's speakers.
 
-Embedding streams (keyed matrices with their model record) are read and written by `spkid.streams`.
+Embedding streams (keyed matrices with their model record) are encoded by `spkid.npyio`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
-import errno
-import fcntl
 import json
 import logging
 import math
-import os
-import shutil
-import socket
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from spkid.errors import SpkidError, check_interrupted
-from spkid.streams import split_lines
+from spkid import fileio
+from spkid.calibration import Calibration
+from spkid.errors import SpkidError
+from spkid.lists import split_lines
+from spkid.scoring import unit
 
 log = logging.getLogger(__name__)
 
 FORMAT = "spkid-gallery/1"
 AGGREGATIONS = ("mean", "all")
 RESERVED = "unknown"
-LOCK_WAIT_S = 600.0
 
 
 def check_model(found: str | None, expected: str, what: str, where: str) -> None:
@@ -118,14 +111,14 @@ def empty(dim: int, meta: dict) -> Gallery:
 
 
 def exists(path: str | Path) -> bool:
-    return (Path(path) / "gallery.json").is_file() or _leftover_old(Path(path)) is not None
+    return (Path(path) / "gallery.json").is_file() or fileio.leftover_old(Path(path), "gallery.json") is not None
 
 
 def load(path: str | Path, mmap: bool = True) -> Gallery:
     """Read a gallery folder; `mmap` maps the large arrays read-only instead of reading them."""
     p = Path(path)
     if not (p / "gallery.json").is_file():
-        old = _leftover_old(p)
+        old = fileio.leftover_old(p, "gallery.json")
         if old is not None:  # a crash between the two renames of a non-Linux swap: the old gallery is intact
             log.warning("%s: missing, reading %s (an interrupted update); the next `spkid enroll` restores it", p, old)
             p = old
@@ -171,11 +164,6 @@ def _npy(path: Path, mmap_mode: str | None) -> np.ndarray:
         raise SpkidError(f"{path}: unreadable ({e})") from None
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
-
-
 def check_name(name: str) -> str:
     if not name or name != name.strip() or any(c in name for c in "\t\n\r"):
         raise SpkidError(f"speaker name {name!r}: must be non-empty, without tabs, newlines or surrounding spaces")
@@ -214,7 +202,7 @@ def updated(
         all_emb = np.asarray(g.all_embeddings)[sel]
         all_idx = remap[np.asarray(g.all_index)[sel]]
     if embeddings is not None and len(labels):
-        e = _unit(np.asarray(embeddings, dtype=np.float32))
+        e = unit(np.asarray(embeddings, dtype=np.float32)).astype(np.float32)
         if e.shape[1] != sums.shape[1]:
             raise SpkidError(f"embeddings have dimension {e.shape[1]}, the gallery {g.path} has {sums.shape[1]}")
         row = {s: i for i, s in enumerate(names)}
@@ -240,7 +228,7 @@ def updated(
         all_emb, all_idx = all_emb[order], all_idx[order]
     meta = dict(g.meta)
     meta.update(n_speakers=len(names), n_utterances=int(counts.sum()), dim=int(sums.shape[1]))
-    return Gallery(names, _unit(sums), counts.astype(np.int64), sums.astype(np.float32), secs, meta, all_emb, all_idx, g.path)
+    return Gallery(names, unit(sums).astype(np.float32), counts.astype(np.int64), sums.astype(np.float32), secs, meta, all_emb, all_idx, g.path)
 
 
 def save(path: str | Path, g: Gallery) -> None:
@@ -252,240 +240,21 @@ def save(path: str | Path, g: Gallery) -> None:
         raise SpkidError(f"{dst}: exists and is not a folder")
     if dst.is_dir() and any(dst.iterdir()) and not (dst / "gallery.json").is_file():
         raise SpkidError(f"{dst}: a non-empty folder that is not a gallery; refusing to replace it")
-    tmp = parent / f".{dst.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}"
-    tmp.mkdir()
-    try:
+    with fileio.atomic_dir(dst) as tmp:
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         meta = {"format": FORMAT, **{k: v for k, v in g.meta.items() if k != "format"}}
         meta.setdefault("created", now)
         meta["updated"] = now
-        _write_npy(tmp / "embeddings.npy", np.ascontiguousarray(g.embeddings, dtype=np.float32))
-        _write_npy(tmp / "sums.npy", np.ascontiguousarray(g.sums, dtype=np.float32))
-        _write_npy(tmp / "counts.npy", np.asarray(g.counts, dtype=np.int64))
-        _write_npy(tmp / "seconds.npy", np.asarray(g.seconds, dtype=np.float64))
+        fileio.write_npy(tmp / "embeddings.npy", np.ascontiguousarray(g.embeddings, dtype=np.float32))
+        fileio.write_npy(tmp / "sums.npy", np.ascontiguousarray(g.sums, dtype=np.float32))
+        fileio.write_npy(tmp / "counts.npy", np.asarray(g.counts, dtype=np.int64))
+        fileio.write_npy(tmp / "seconds.npy", np.asarray(g.seconds, dtype=np.float64))
         if g.all_embeddings is not None:
-            _write_npy(tmp / "all_embeddings.npy", np.ascontiguousarray(g.all_embeddings, dtype=np.float32))
-            _write_npy(tmp / "all_index.npy", np.asarray(g.all_index, dtype=np.int64))
-        _write_bytes(tmp / "speakers.txt", "".join(f"{s}\n" for s in g.speakers).encode("utf-8"))
-        _write_bytes(tmp / "gallery.json", (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-        _fsync_dir(tmp)
-        _swap_into_place(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            fileio.write_npy(tmp / "all_embeddings.npy", np.ascontiguousarray(g.all_embeddings, dtype=np.float32))
+            fileio.write_npy(tmp / "all_index.npy", np.asarray(g.all_index, dtype=np.int64))
+        fileio.write_bytes(tmp / "speakers.txt", "".join(f"{s}\n" for s in g.speakers).encode("utf-8"))
+        fileio.write_bytes(tmp / "gallery.json", (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     g.meta, g.path = meta, dst
-
-
-def _write_npy(path: Path, arr: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.lib.format.write_array(f, arr, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EPERM):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def _swap_into_place(new: Path, dst: Path) -> None:
-    check_interrupted()
-    if not dst.exists():
-        os.rename(new, dst)
-    elif _exchange(new, dst):
-        shutil.rmtree(new, ignore_errors=True)  # `new` now holds the old gallery
-    else:
-        old = dst.parent / f".{dst.name}.old-{os.getpid()}-{os.urandom(3).hex()}"
-        os.rename(dst, old)
-        os.rename(new, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(dst.parent)
-
-
-def _leftover_old(dst: Path) -> Path | None:
-    if not dst.parent.is_dir():
-        return None
-    olds = sorted(dst.parent.glob(f".{dst.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    return next((o for o in reversed(olds) if (o / "gallery.json").is_file()), None)
-
-
-def clean_leftovers(dst: Path) -> None:
-    """Under the lock: remove temp folders of writers that died; restore an old gallery a crash left aside."""
-    if not dst.parent.is_dir():
-        return
-    if not (dst / "gallery.json").is_file():
-        old = _leftover_old(dst)
-        if old is not None:
-            log.warning("%s: restoring the gallery an interrupted update left in %s", dst, old)
-            if dst.is_dir() and not any(dst.iterdir()):
-                dst.rmdir()
-            os.rename(old, dst)
-    for p in list(dst.parent.glob(f".{dst.name}.tmp-*")) + list(dst.parent.glob(f".{dst.name}.old-*")):
-        log.debug("removing %s, left by an interrupted enroll", p)
-        shutil.rmtree(p, ignore_errors=True)
-
-
-class GalleryLock:
-    """Exclusive writer lock `.NAME.lock` beside a gallery folder: created with O_EXCL, holding the writer's pid.
-
-    The holder also keeps an flock on it, which the kernel drops when the process dies, however it dies: a lock
-    file whose flock can be taken is stale (its pid is reported as not running) and is taken over with a warning.
-    Waiters poll until `wait_s` seconds have passed, then fail naming the holder.
-    """
-
-    def __init__(self, gallery: str | Path, wait_s: float = LOCK_WAIT_S) -> None:
-        dst = Path(gallery)
-        self.path = dst.parent / f".{dst.name}.lock"
-        self.wait_s = wait_s
-        self.fd: int | None = None
-
-    def __enter__(self) -> GalleryLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + self.wait_s
-        told = False
-        while True:
-            holder = self._try()
-            if holder is None:
-                return
-            if time.monotonic() > deadline:
-                raise SpkidError(f"{self.path}: the gallery is locked by {holder} for more than {self.wait_s:g} s; "
-                                 "wait for it to finish, or remove the lock file if no spkid runs there")
-            if not told:
-                log.info("waiting for %s to finish updating the gallery (lock %s)", holder, self.path)
-                told = True
-            time.sleep(0.05)
-
-    def _try(self) -> str | None:
-        """Take the lock; None on success, else a description of the live holder."""
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
-        except FileExistsError:
-            return self._take_over_if_stale()
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # someone judged it stale between our create and flock: they hold it now
-            os.close(fd)
-            return "another spkid process"
-        self._own(fd)
-        return None
-
-    def _take_over_if_stale(self) -> str | None:
-        try:
-            fd = os.open(self.path, os.O_RDWR)
-        except FileNotFoundError:
-            return "another spkid process"  # released meanwhile: try again
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            info = _read_fd(fd)
-            os.close(fd)
-            return _describe(info)
-        try:
-            same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-        except FileNotFoundError:
-            same = False
-        if not same:  # the holder removed it and someone created a new one meanwhile
-            os.close(fd)
-            return "another spkid process"
-        info = _read_fd(fd)
-        if info:
-            pid = _pid(info)
-            state = "is not running" if pid is not None and not _alive(pid) else "holds no lock"
-            log.warning("%s: stale lock of %s, which %s; taking it over", self.path, _describe(info), state)
-        self._own(fd)
-        return None
-
-    def _own(self, fd: int) -> None:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} host {socket.gethostname()} time {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
-        os.fsync(fd)
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        os.close(self.fd)
-        self.fd = None
-
-
-def _read_fd(fd: int) -> str:
-    os.lseek(fd, 0, os.SEEK_SET)
-    return os.read(fd, 4096).decode("utf-8", "replace").strip()
-
-
-def _pid(info: str) -> int | None:
-    parts = info.split()
-    try:
-        return int(parts[1]) if len(parts) > 1 and parts[0] == "pid" else None
-    except ValueError:
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _describe(info: str) -> str:
-    parts = info.split()
-    if len(parts) >= 4 and parts[0] == "pid" and parts[2] == "host":
-        return f"pid {parts[1]} on {parts[3]}"
-    return "another spkid process"
-
-
-@contextlib.contextmanager
-def locked(gallery: str | Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
-    """Hold the gallery's writer lock and tidy what crashed writers left behind."""
-    with GalleryLock(gallery, wait_s):
-        clean_leftovers(Path(gallery))
-        yield
 
 
 def speaker_table(g: Gallery) -> list[tuple[str, int, float]]:
@@ -495,3 +264,48 @@ def speaker_table(g: Gallery) -> list[tuple[str, int, float]]:
 
 def fmt_seconds(t: float) -> str:
     return "-" if math.isnan(t) else f"{t:.1f}"
+
+
+def gallery_json(path: str | Path) -> Path:
+    """GALLERY/gallery.json (or a gallery.json path itself); SpkidError when it is not there."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "gallery.json"
+        if not p.is_file():
+            raise SpkidError(f"{path}: not a gallery folder (no gallery.json); build one with `spkid enroll`")
+    elif not p.is_file():
+        raise SpkidError(f"{path}: no such gallery folder")
+    return p
+
+
+def _read_json_object(p: Path) -> dict:
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise SpkidError(f"{p}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(obj, dict):
+        raise SpkidError(f"{p}: expected a JSON object")
+    return obj
+
+
+def save_calibration(gallery: str | Path, cal: Calibration) -> Path:
+    """Store `cal` under "calibration" in GALLERY/gallery.json (`gallery_json`), keeping every other key and the
+    file's permissions; replaced atomically. Returns the gallery.json path."""
+    p = gallery_json(gallery)
+    obj = _read_json_object(p)
+    obj["calibration"] = cal.to_dict()
+    data = (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    with fileio.atomic_write(p, "wb", keep_mode=True) as f:
+        f.write(data)
+    return p
+
+
+def load_calibration(gallery: str | Path) -> Calibration | None:
+    """The calibration stored in GALLERY/gallery.json (`gallery_json`), None when there is none."""
+    p = gallery_json(gallery)
+    raw = _read_json_object(p).get("calibration")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise SpkidError(f"{p}: \"calibration\" must be a JSON object")
+    return Calibration.from_dict(raw, str(p))

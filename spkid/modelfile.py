@@ -23,9 +23,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from spkid.calibration import Calibration
 from spkid.errors import SpkidError
+
+if TYPE_CHECKING:
+    from spkid.embedding import ModelRef
 
 FORMAT = "spkid-model/1"
 
@@ -83,7 +87,7 @@ def save(path: str | Path, net, spec: ModelSpec) -> None:
     """Write a model file atomically (a temp file renamed into place)."""
     import torch
 
-    from spkid.streams import atomic_write
+    from spkid.fileio import atomic_write
 
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     with atomic_write(path, "wb") as f:
@@ -114,12 +118,53 @@ def read(path: str | Path) -> tuple[ModelSpec, dict]:
 
 def load(path: str | Path, device: str = "cpu"):
     """Build the network a model file describes and load its weights strictly; returns (net in eval mode, spec)."""
+    spec, state = read(path)
+    return build(spec, state, path, device), spec
+
+
+def build(spec: ModelSpec, state: dict, source: str | Path = "model", device: str = "cpu"):
+    """The network `spec` describes with the weights `state` loaded strictly, in eval mode on `device`."""
     from spkid.models import build_model
 
-    spec, state = read(path)
     net = build_model(spec.model["name"], **spec.model.get("kwargs", {}))
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise SpkidError(f"{path}: weights do not match architecture {spec.model['name']!r} ({str(e)[:200]})") from None
-    return net.to(device).eval(), spec
+        raise SpkidError(f"{source}: weights do not match architecture {spec.model['name']!r} ({str(e)[:200]})") from None
+    return net.to(device).eval()
+
+
+def read_calibration(path: str | Path, spec: ModelSpec | None = None) -> Calibration | None:
+    """The calibration in the config of the model file `path`, None when it has none. `spec`: that config when
+    it has been read already (`Embedder.spec`), so that the file is not read again."""
+    if spec is None:
+        spec = read(path)[0]
+    raw = spec.calibration
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise SpkidError(f"{Path(path)}: \"calibration\" must be a JSON object")
+    return Calibration.from_dict(raw, str(Path(path)))
+
+
+def model_calibration(ref: ModelRef | None, spec: ModelSpec | None = None) -> Calibration | None:
+    """`read_calibration` of the model `ref` names (from the spec it carries: the file is not read again); None
+    without a model and for the pretrained one."""
+    if ref is None or ref.pretrained:
+        return None
+    return read_calibration(ref.path, spec or ref.spec)
+
+
+def save_calibrated(model_in: str | Path, model_out: str | Path, cal: Calibration) -> Path:
+    """Copy the model file `model_in` to `model_out` with `cal` under "calibration" in its config (atomic write;
+    a `model_out` that exists keeps its permissions). Returns `model_out`."""
+    import torch
+
+    from spkid.fileio import atomic_write
+
+    spec, state = read(model_in)
+    spec.calibration = cal.to_dict()
+    out = Path(model_out)
+    with atomic_write(out, "wb", keep_mode=True) as f:
+        torch.save({"format": FORMAT, "config": spec.to_json(), "state_dict": state}, f)
+    return out

@@ -43,7 +43,7 @@ def _check_path(path: str | Path) -> Path:
 
 def _save(fig, p: Path) -> None:
     """Atomically (a temp file renamed into place): a Ctrl-C mid-write leaves no half-written plot."""
-    from spkid.streams import atomic_path
+    from spkid.fileio import atomic_path
 
     with atomic_path(p) as tmp:
         fig.savefig(tmp, dpi=100, format=p.suffix.lower().lstrip("."))

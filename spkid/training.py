@@ -29,10 +29,11 @@ from torch import nn
 from spkid import data, metrics, modelfile
 from spkid.augment import AugmentConfig
 from spkid.errors import SpkidError
-from spkid.embedding import Frontend, frontend
+from spkid.fileio import atomic_write
+from spkid.frontends import Frontend, frontend
+from spkid.lists import Entry
 from spkid.losses import LOSSES, build_loss
 from spkid.models import MODELS, SMALL, build_model, count_parameters
-from spkid.streams import Entry, atomic_write
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "spkid-checkpoint/1"

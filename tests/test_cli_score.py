@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import sh
-from spkid import metrics, scoring
+from spkid import metrics
+from spkid.gallery import load_calibration
 from spkid.cli import main
 
 
@@ -206,7 +207,7 @@ def test_calibrate_into_gallery(labelled, gallery, capsys, monkeypatch):
     assert code == 0, err
     obj = json.loads((gallery / "gallery.json").read_text())
     assert obj["model_sha256"] == "0" * 64 and obj["times"] == {"enroll": "x"}
-    cal = scoring.load_calibration(gallery)
+    cal = load_calibration(gallery)
     assert set(cal.thresholds) == {"eer", "min_dcf", "bayes", "far@0.005"} and cal.p_target == 0.01
     assert cal.fitted_on["file"] == str(path) and cal.fitted_on["n_target"] == 200
     assert cal.threshold("far").far <= 0.005
@@ -237,7 +238,7 @@ def test_calibrate_into_a_model_copy(tmp_path, labelled, capsys, monkeypatch):
     code, out, err = run(args, capsys, monkeypatch)
     assert code == 0, err
     assert json.loads(out)["written"] == str(tmp_path / "cal.pt")
-    cal = scoring.load_calibration(tmp_path / "cal.pt")
+    cal = modelfile.read_calibration(tmp_path / "cal.pt")
     assert cal is not None and cal.a > 0
     assert modelfile.read(tmp_path / "cal.pt")[0].model == spec.model
 

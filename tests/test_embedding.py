@@ -1,4 +1,5 @@
-"""spkid.embedding: window plans (known answers), batch-size independence, front-end dispatch, feature files."""
+"""spkid.embedding, .utterance, .frontends, .tracking: window plans (known answers), batch-size independence,
+front-end dispatch, feature files, reading a model file once."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import SPEAKERS, synth_voice
-from spkid import embedding
-from spkid.embedding import EmbedConfig, window_starts
+from spkid import embedding, frontends, tracking, utterance
+from spkid.utterance import EmbedConfig, window_starts
 from spkid.errors import SpkidError
 
 TINY = {"name": "ecapa_tdnn", "kwargs": {"feat_dim": 40, "channels": 32, "embed_dim": 32}}
@@ -72,7 +73,7 @@ def test_pad_windows_match_resemblyzer_rule(n_samples: int, starts):
 
 def test_cut_makes_equal_windows_and_pads_with_zeros():
     feats = np.arange(12, dtype=np.float32).reshape(6, 2)
-    w = embedding.cut(feats, [0, 3, 5], 3)
+    w = utterance.cut(feats, [0, 3, 5], 3)
     assert w.shape == (3, 3, 2)
     assert np.array_equal(w[1], feats[3:6]) and np.array_equal(w[2, 0], feats[5]) and not w[2, 1:].any()
 
@@ -115,13 +116,13 @@ def test_same_speaker_scores_higher():
 
 def test_frontend_dispatch():
     from spkid.features import FeatureConfig
-    from spkid.pretrained import MelConfig
+    from spkid.frontends import MelConfig
 
-    assert isinstance(embedding.frontend({"kind": "ge2e_mel"}), MelConfig)
-    fb = embedding.frontend({"kind": "mfcc", "n_ceps": 20})
+    assert isinstance(frontends.frontend({"kind": "ge2e_mel"}), MelConfig)
+    fb = frontends.frontend({"kind": "mfcc", "n_ceps": 20})
     assert isinstance(fb.cfg, FeatureConfig) and fb.dims == 20 and fb.frame_step == 160
     with pytest.raises(SpkidError, match="model.pt: feature config: unknown keys"):
-        embedding.frontend({"kind": "fbank", "n_filterz": 3}, "model.pt")
+        frontends.frontend({"kind": "fbank", "n_filterz": 3}, "model.pt")
     with pytest.raises(SpkidError, match="unknown embedding settings"):
         EmbedConfig.from_dict({"window": 2.0})
 
@@ -152,9 +153,7 @@ def test_feature_files_checked_against_the_model(tiny_model: Path, tmp_path: Pat
 
 
 def test_quality_flags():
-    from spkid.embedding import Preparer
-
-    prep = Preparer(embedding.frontend(TINY_FEATURES), EmbedConfig())
+    prep = utterance.Preparer(frontends.frontend(TINY_FEATURES), EmbedConfig())
     x = synth_voice(150.0, (700.0, 1200.0), 1.0, sr=8000)
     y, q = prep.signal(np.clip(x * 4, -1, 1), 8000)
     text = " ".join(q.problems())
@@ -175,12 +174,42 @@ def test_resolve_model_errors(tmp_path: Path, monkeypatch):
 
 
 def test_sliding_windows_and_merging():
-    starts = embedding.sliding_starts(10 * 16000, 32000, 8000)
+    starts = tracking.sliding_starts(10 * 16000, 32000, 8000)
     assert starts[0] == 0 and starts[-1] == 128000 and np.all(np.diff(starts) == 8000)
-    assert embedding.sliding_starts(1000, 32000, 8000).tolist() == [0]
-    begin, end = embedding.window_cores(starts, 32000, 160000)
+    assert tracking.sliding_starts(1000, 32000, 8000).tolist() == [0]
+    begin, end = tracking.window_cores(starts, 32000, 160000)
     assert begin[0] == 0 and end[-1] == 160000 and np.array_equal(begin[1:], end[:-1])
-    runs = embedding.merge_runs(["a", "a", None, "b", "b", "b", "a"], np.arange(7.0), np.arange(7.0), np.arange(1, 8.0))
+    runs = tracking.merge_runs(["a", "a", None, "b", "b", "b", "a"], np.arange(7.0), np.arange(7.0), np.arange(1, 8.0))
     assert runs == [(0.0, 2.0, "a", 0.5, 2), (3.0, 6.0, "b", 4.0, 3), (6.0, 7.0, "a", 6.0, 1)]
     segs = np.array([[0, 100], [200, 300]])
-    assert embedding.voiced_in(segs, 50, 250).tolist() == [[50, 100], [200, 250]]
+    assert tracking.voiced_in(segs, 50, 250).tolist() == [[50, 100], [200, 250]]
+
+
+def test_track_scores_only_voiced_windows(tmp_path: Path):
+    import soundfile as sf
+
+    x = np.concatenate([synth_voice(150.0, (700.0, 1200.0), 3.0), np.zeros(3 * 16000, np.float32)])
+    sf.write(tmp_path / "long.wav", x, 16000)
+    prep = utterance.Preparer(frontends.frontend(TINY_FEATURES), EmbedConfig(window_s=1.0, hop_s=0.5))
+    track = tracking.Track.load(str(tmp_path / "long.wav"), prep, window_s=2.0, hop_s=1.0)
+    assert track.starts.tolist() == [16000 * i for i in range(5)]
+    assert 0 in track.kept and 4 not in track.kept  # the last window is silence
+    prepared = list(track.windows(prep))
+    assert len(prepared) == len(track.kept) and all(p.windows.shape[2] == 40 for p in prepared)
+    runs = track.runs(["a"] * len(track.kept), np.ones(len(track.kept)))
+    assert len(runs) == 1 and runs[0][0] == 0.0 and runs[0][2] == "a"
+    all_voiced = tracking.Track.load(str(tmp_path / "long.wav"), prep, window_s=2.0, hop_s=1.0, use_vad=False)
+    assert all_voiced.kept.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_a_model_file_is_read_once(tiny_model: Path, monkeypatch):
+    from spkid import modelfile
+
+    reads = []
+    real = modelfile.read
+    monkeypatch.setattr(modelfile, "read", lambda path: reads.append(path) or real(path))
+    ref = embedding.model_for_gallery(str(tiny_model), None)
+    emb = embedding.Embedder.from_model(ref, "cpu")
+    assert modelfile.model_calibration(ref) is None
+    assert len(reads) == 1 and ref.state is None  # the weights went to the network; the spec stays
+    assert emb.model.sha256 == modelfile.fingerprint(*real(tiny_model))

@@ -13,7 +13,7 @@ from python_speech_features import base as psf
 from python_speech_features import sigproc
 
 from conftest import synth_voice
-from spkid import features
+from spkid import cmvn, features
 from spkid.errors import SpkidError
 from spkid.features import FeatureConfig, compute, compute_file
 
@@ -248,35 +248,25 @@ def test_sliding_cmn_matches_kaldi(n, window):
         over = np.maximum(end - n, 0)
         start, end = np.maximum(start - over, 0), end - over
         ref = x - (cs[end] - cs[start]) / (end - start)[:, None]
-    out = features.normalize(x.copy(), "sliding", window)
+    out = cmvn.normalize(x.copy(), "sliding", window)
     np.testing.assert_allclose(out, ref, atol=2e-4)
 
 
 def test_cmn_and_cmvn():
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((500, 4)) * [1, 2, 3, 0] + [10, -20, 30, 7]).astype(np.float32)
-    cmn = features.normalize(x.copy(), "cmn")
+    cmn = cmvn.normalize(x.copy(), "cmn")
     np.testing.assert_allclose(cmn.mean(axis=0), 0, atol=1e-5)
     np.testing.assert_allclose(cmn.std(axis=0), x.std(axis=0), rtol=1e-5)
-    cmvn = features.normalize(x.copy(), "cmvn")
-    np.testing.assert_allclose(cmvn.mean(axis=0), 0, atol=1e-5)
-    np.testing.assert_allclose(cmvn.std(axis=0), [1, 1, 1, 0], atol=1e-5)  # a constant column is only centred
+    mvn = cmvn.normalize(x.copy(), "cmvn")
+    np.testing.assert_allclose(mvn.mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(mvn.std(axis=0), [1, 1, 1, 0], atol=1e-5)  # a constant column is only centred
     speech = synth_voice(160.0, (700.0, 1300.0), 1.0)
     normed = compute(speech, FeatureConfig(norm="cmvn"))
-    np.testing.assert_allclose(normed, features.normalize(compute(speech, FeatureConfig()), "cmvn"), atol=1e-5)
+    np.testing.assert_allclose(normed, cmvn.normalize(compute(speech, FeatureConfig()), "cmvn"), atol=1e-5)
 
 
-def test_vad_segments_and_voiced_frames():
-    windows = np.array([[0, 8000], [1600, 4800], [0, 0]], dtype=np.int64)
-    np.testing.assert_array_equal(features.vad_segments(windows, 1), [[1600, 4800]])
-    segs = np.array([[0, 100, 900], [2, 0, 400], [0, 3000, 4000]], dtype=np.int64)
-    np.testing.assert_array_equal(features.vad_segments(segs, 0), [[100, 900], [3000, 4000]])
-    assert features.vad_segments(segs, 1).shape == (0, 2)
-    with pytest.raises(SpkidError, match="3 rows"):
-        features.vad_segments(windows, 3)
-    with pytest.raises(SpkidError, match=r"\(N, 2\) or \(M, 3\)"):
-        features.vad_segments(np.zeros((3, 4), np.int64), 0)
-
+def test_voiced_frames():
     cfg = FeatureConfig()  # frame i covers [160 i, 160 i + 400): centre 160 i + 200
     mask = features.voiced_frames(np.array([[1600, 4800], [360, 361], [4500, 5000]]), 40, cfg)
     np.testing.assert_array_equal(np.flatnonzero(mask), [1, *range(9, 30)])

@@ -33,9 +33,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import synth_voice
-from spkid import audio, scoring, streams
+from spkid import audio, lists, npyio, streams
 from spkid.errors import SpkidError
-from spkid.streams import Entry
+from spkid.lists import Entry
+from spkid.report import identification_report
+from spkid.trials import ScoreList, labelled, parse_trials, read_input
 
 PER_EXAMPLE_S = 20  # a hang: no answer in this long (generous: a loaded 2-core machine)
 SETTINGS = settings(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
@@ -94,7 +96,7 @@ PAIRS = st.lists(st.tuples(NAME, NAME), max_size=6)
 
 
 def check_list_lines(value: tuple[list[str], int]) -> None:
-    for e in streams.parse_list(*value):
+    for e in lists.parse_list(*value):
         assert e.path and e.path == e.path.strip() and "\t" not in e.path
         assert e.label is None or (e.label and "\t" not in e.label)  # a folder's name may end in a space
 
@@ -106,7 +108,7 @@ def check_list_file(data: bytes) -> None:
 
 def check_list_round_trip(pairs: list[tuple[str, str]]) -> None:
     entries = [Entry(p, label) for p, label in pairs]
-    with _text_file(streams.format_list(entries).encode("utf-8")) as f:
+    with _text_file(lists.format_list(entries).encode("utf-8")) as f:
         assert streams.read_list([f.name]) == entries
 
 
@@ -121,7 +123,7 @@ def embedding_stream(keys: list[str], seed: int) -> tuple[bytes, bytes]:
     """(the stream without its model record, the whole stream) as `spkid embed` writes it."""
     values = np.random.default_rng(seed).standard_normal((len(keys), 4)).astype(np.float32)
     body = npy(np.array(keys)) + npy(values)
-    record = {"format": streams.STREAM_FORMAT, "model_sha256": "ab" * 32, "model": "m.pt", "features": {}, "embedding": {}}
+    record = {"format": npyio.STREAM_FORMAT, "model_sha256": "ab" * 32, "model": "m.pt", "features": {}, "embedding": {}}
     return body, body + npy(np.array(json.dumps(record)))
 
 
@@ -189,7 +191,7 @@ STREAMS = damaged_streams() | npy_records() | st.tuples(st.sampled_from([b"", b"
                                                           st.binary(max_size=300)).map(b"".join)
 
 
-def read_stream(data: bytes) -> streams.Embeddings:
+def read_stream(data: bytes) -> npyio.Embeddings:
     return streams.read_embeddings(io.BytesIO(data))
 
 
@@ -222,30 +224,30 @@ ID_LINES = st.tuples(st.lists(RECORD.map(json.dumps) | st.sampled_from(["{", "["
 
 
 def check_trials(lines: list[str]) -> None:
-    t = scoring.parse_trials(lines)
+    t = parse_trials(lines)
     assert len(t.enroll) == len(t.test) == len(t.label) > 0
     assert len(set(zip(t.enroll, t.test))) == len(t.enroll)
 
 
 def check_scores(value: tuple[list[str], list[str]]) -> None:
     """Scores, then (when they parse) labelled with trials, as `spkid score --trials` does."""
-    parsed = scoring.read_input(value[0])
-    if isinstance(parsed, scoring.ScoreList):
+    parsed = read_input(value[0])
+    if isinstance(parsed, ScoreList):
         assert np.isfinite(parsed.score).all()
         try:
-            trials = scoring.parse_trials(value[1])
+            trials = parse_trials(value[1])
         except SpkidError:
             trials = None
-        data = scoring.labelled(parsed, trials)
+        data = labelled(parsed, trials)
         assert len(data.target) and len(data.nontarget)
 
 
 def check_identify(value: tuple[list[str], int]) -> None:
     """Identification results, then their report, as `spkid score` does with `identify --json` output."""
-    records = scoring.read_input(value[0])
+    records = read_input(value[0])
     if isinstance(records, list):
         assert all(r.top and all(np.isfinite(s) for _, s in r.top) for r in records)
-        scoring.identification_report(records, value[1])
+        identification_report(records, value[1])
 
 
 TARGETS: dict[str, tuple[st.SearchStrategy, Callable[[Any], None]]] = {
@@ -564,7 +566,7 @@ def test_a_header_claiming_gigabytes_allocates_nothing_first():
 ])
 def test_identification_results_regressions(line: str):
     with pytest.raises(SpkidError):
-        scoring.read_input([line])
+        read_input([line])
 
 
 def _wav(rate: int, data: bytes, bits: int = 16, fmt: int = 1) -> bytes:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import sh
-from spkid import gallery, search, streams
+from spkid import filelock, gallery, search, streams
 from spkid.errors import SpkidError
 
 SHA_A = "a" * 64
@@ -163,13 +163,13 @@ def test_grouped_search_scores_a_speaker_by_its_best_row():
 
 def test_lock_waits_for_a_live_holder_and_takes_over_a_stale_one(tmp_path: Path, caplog):
     g = tmp_path / "g"
-    with gallery.GalleryLock(g):
+    with filelock.GalleryLock(g):
         with pytest.raises(SpkidError, match=rf"locked by pid {os.getpid()} on .* for more than 0.2 s"):
-            gallery.GalleryLock(g, wait_s=0.2).acquire()
+            filelock.GalleryLock(g, wait_s=0.2).acquire()
     assert not (tmp_path / ".g.lock").exists()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
     (tmp_path / ".g.lock").write_text(f"pid {dead} host h time t\n")  # a writer killed with -9 left it
-    with caplog.at_level("WARNING"), gallery.GalleryLock(g, wait_s=0.2) as lock:
+    with caplog.at_level("WARNING"), filelock.GalleryLock(g, wait_s=0.2) as lock:
         assert f"pid {os.getpid()}" in (tmp_path / ".g.lock").read_text() and lock.fd is not None
     assert f"stale lock of pid {dead} on h, which is not running; taking it over" in caplog.text
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_DATA, synth_voice
-from spkid import pretrained
+from spkid import frontends, pretrained
 from spkid.errors import SpkidError
 
 has_resemblyzer = importlib.util.find_spec("resemblyzer") is not None
@@ -65,7 +65,7 @@ def test_mel_filters_equal_librosa():
     import librosa
 
     for sr, n_fft, n_mels, fmax in [(16000, 400, 40, 8000.0), (16000, 512, 64, 7600.0), (8000, 256, 24, 4000.0)]:
-        mine = pretrained.slaney_mel_filters(sr, n_fft, n_mels, 0.0, fmax)
+        mine = frontends.slaney_mel_filters(sr, n_fft, n_mels, 0.0, fmax)
         ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=0.0, fmax=fmax)
         np.testing.assert_allclose(mine, ref, rtol=1e-5, atol=1e-9)
 
@@ -76,7 +76,7 @@ def test_mel_spectrogram_equals_librosa(n: int):
     import librosa
 
     x = synth_voice(150.0, (700.0, 1200.0), max(n, 400) / 16000 + 0.01, seed=n)[:n]
-    mine = pretrained.MelConfig().compute(x)
+    mine = frontends.MelConfig().compute(x)
     ref = librosa.feature.melspectrogram(y=x, sr=16000, n_fft=400, hop_length=160, n_mels=40).T
     assert mine.shape == ref.shape == (1 + n // 160, 40)
     np.testing.assert_allclose(mine, ref, rtol=1e-4, atol=1e-6 * ref.max())
@@ -86,7 +86,7 @@ def test_mel_spectrogram_equals_librosa(n: int):
 def test_partials_equal_compute_partial_slices():
     from resemblyzer import VoiceEncoder
 
-    from spkid.embedding import EmbedConfig, window_starts
+    from spkid.utterance import EmbedConfig, window_starts
 
     cfg = EmbedConfig(**{k: v for k, v in pretrained.EMBEDDING.items()})
     for n in [1, 100, 12319, 12320, 25600, 31000, 32000, 48000, 48001, 16000 * 7 + 123, 16000 * 15]:
@@ -134,7 +134,7 @@ def test_missing_package_is_a_clear_error(monkeypatch):
 
 
 def test_volume_normalisation_only_raises():
-    cfg = pretrained.MelConfig()
+    cfg = frontends.MelConfig()
     quiet = np.full(1000, 0.001, np.float32)
     loud = np.full(1000, 0.5, np.float32)
     raised = cfg.prepare(quiet)

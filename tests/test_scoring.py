@@ -1,4 +1,5 @@
-"""spkid.scoring: parsing every input format, joining with trials, AS-norm, calibration and where it is stored."""
+"""spkid.trials, scoring, calibration, report: parsing every input format, joining with trials, AS-norm, calibration and
+where it is stored (gallery.json, a model file)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from spkid import metrics, scoring
+from spkid import calibration, metrics, modelfile, report, scoring
 from spkid.errors import SpkidError
+from spkid.gallery import load_calibration, save_calibration
+from spkid.trials import IdRecord, join_trials, labelled, parse_identify, parse_scores, parse_trials, read_input
 
 
 def lines(text: str) -> list[str]:
@@ -21,7 +24,7 @@ def lines(text: str) -> list[str]:
 
 def test_labelled_scores_tab_or_space_and_all_label_words():
     text = "# enroll test score label\na\tx\t0.9\ttarget\n\nb y 0.1 nontarget\nc\tz\t-0.5\t0\nd w 0.7 1\n"
-    s = scoring.parse_scores(lines(text))
+    s = parse_scores(lines(text))
     assert s.score.tolist() == [0.9, 0.1, -0.5, 0.7]
     assert s.label.tolist() == [True, False, False, True]
     assert s.enroll == ["a", "b", "c", "d"] and s.test == ["x", "y", "z", "w"]
@@ -29,49 +32,49 @@ def test_labelled_scores_tab_or_space_and_all_label_words():
 
 
 def test_tab_separated_keys_may_hold_spaces():
-    s = scoring.parse_scores(["my spk/a.wav\tother spk/b.wav\t0.5\ttarget\r\n"])
+    s = parse_scores(["my spk/a.wav\tother spk/b.wav\t0.5\ttarget\r\n"])
     assert s.enroll == ["my spk/a.wav"] and s.test == ["other spk/b.wav"]
 
 
 def test_kaldi_compute_eer_format():
-    s = scoring.parse_scores(lines("0.73 target\n-1.5 nontarget\n2e-1 target\n"))
+    s = parse_scores(lines("0.73 target\n-1.5 nontarget\n2e-1 target\n"))
     assert s.enroll is None and s.score.tolist() == [0.73, -1.5, 0.2] and s.label.tolist() == [True, False, True]
 
 
 def test_mixed_formats_are_refused():
     with pytest.raises(SpkidError, match=r"<stdin>:2: 3 fields, but line 1 has 4 .*mixed formats"):
-        scoring.parse_scores(lines("a x 0.9 target\nb y 0.1\n"))
+        parse_scores(lines("a x 0.9 target\nb y 0.1\n"))
     with pytest.raises(SpkidError, match=r"s.txt:3: 2 fields, but line 1 has 3"):
-        scoring.parse_scores(lines("a x 0.9\nb y 0.1\n0.3 target\n"), "s.txt")
+        parse_scores(lines("a x 0.9\nb y 0.1\n0.3 target\n"), "s.txt")
     with pytest.raises(SpkidError, match=r":2: a JSON line .*mixed"):
-        scoring.read_input(lines('0.3 target\n{"key": "a"}\n'))
+        read_input(lines('0.3 target\n{"key": "a"}\n'))
     with pytest.raises(SpkidError, match=r":2: a text line among identification JSON"):
-        scoring.read_input(lines('{"key": "a", "label": "x", "top": [{"speaker": "x", "score": 1}]}\n0.3 target\n'))
+        read_input(lines('{"key": "a", "label": "x", "top": [{"speaker": "x", "score": 1}]}\n0.3 target\n'))
     with pytest.raises(SpkidError, match="5 fields"):
-        scoring.parse_scores(["a b c d e"])
+        parse_scores(["a b c d e"])
 
 
 @pytest.mark.parametrize("bad", ["nan", "NaN", "inf", "-Infinity"])
 def test_non_finite_scores_name_the_line(bad):
     with pytest.raises(SpkidError, match=rf"scores.txt:3: score is {bad}"):
-        scoring.parse_scores(["a x 0.9 target", "# c", f"b y {bad} nontarget"], "scores.txt")
+        parse_scores(["a x 0.9 target", "# c", f"b y {bad} nontarget"], "scores.txt")
 
 
 def test_bad_score_and_label_name_the_line():
     with pytest.raises(SpkidError, match=r"<stdin>:1: score 'high' is not a number"):
-        scoring.parse_scores(["a x high target"])
+        parse_scores(["a x high target"])
     with pytest.raises(SpkidError, match=r"<stdin>:2: label 'same' is not one of target, nontarget, 1, 0"):
-        scoring.parse_scores(["0.1 target", "0.2 same"])
+        parse_scores(["0.1 target", "0.2 same"])
     with pytest.raises(SpkidError, match="the input is empty"):
-        scoring.read_input(["", "# nothing"])
+        read_input(["", "# nothing"])
 
 
 def test_empty_class_is_a_clear_error():
-    s = scoring.parse_scores(lines("0.1 target\n0.4 target\n"), "s.txt")
+    s = parse_scores(lines("0.1 target\n0.4 target\n"), "s.txt")
     with pytest.raises(SpkidError, match=r"s.txt: 2 target and 0 non-target trials"):
-        scoring.labelled(s)
+        labelled(s)
     with pytest.raises(SpkidError, match="no labels; give a trials file"):
-        scoring.parse_scores(["a x 0.9"]).target
+        parse_scores(["a x 0.9"]).target
 
 
 VOX = "1 id1/a.wav id1/b.wav\n0 id1/a.wav id2/c.wav\n1 id2/c.wav id2/d.wav\n"
@@ -81,43 +84,43 @@ SCORES = "id2/c.wav\tid2/d.wav\t0.8\nid1/a.wav\tid1/b.wav\t0.7\nid1/a.wav\tid2/c
 
 @pytest.mark.parametrize("trials,fmt", [(VOX, "voxceleb"), (KALDI, "kaldi")])
 def test_trials_join_in_trials_order(trials, fmt):
-    t = scoring.parse_trials(lines(trials), "t.txt")
+    t = parse_trials(lines(trials), "t.txt")
     assert t.format == fmt and t.label.tolist() == [True, False, True]
-    s = scoring.labelled(scoring.parse_scores(lines(SCORES)), t)
+    s = labelled(parse_scores(lines(SCORES)), t)
     assert s.score.tolist() == [0.7, 0.2, 0.8] and s.label.tolist() == [True, False, True]
     assert s.enroll[1] == "id1/a.wav" and s.test[1] == "id2/c.wav"
 
 
 def test_trials_errors():
     with pytest.raises(SpkidError, match=r"t.txt:2: a kaldi trial, but line 1 is voxceleb; mixed"):
-        scoring.parse_trials(["1 a b", "a c nontarget"], "t.txt")
+        parse_trials(["1 a b", "a c nontarget"], "t.txt")
     with pytest.raises(SpkidError, match=r"t.txt: 2 duplicate trials, e.g. \(a b\), \(a c\)"):
-        scoring.parse_trials(["1 a b", "0 a c", "1 a b", "0 a c"], "t.txt")
+        parse_trials(["1 a b", "0 a c", "1 a b", "0 a c"], "t.txt")
     with pytest.raises(SpkidError, match=r"t.txt:1: 2 fields"):
-        scoring.parse_trials(["a b"], "t.txt")
+        parse_trials(["a b"], "t.txt")
     with pytest.raises(SpkidError, match=r"t.txt:1: neither"):
-        scoring.parse_trials(["a b maybe"], "t.txt")
+        parse_trials(["a b maybe"], "t.txt")
 
 
 def test_join_errors_name_count_and_keys():
-    t = scoring.parse_trials(lines(VOX), "t.txt")
-    some = scoring.parse_scores(lines(SCORES)[:1], "s.txt")
+    t = parse_trials(lines(VOX), "t.txt")
+    some = parse_scores(lines(SCORES)[:1], "s.txt")
     with pytest.raises(SpkidError, match=r"2 of 3 trials in t.txt have no score in s.txt, e.g. \(id1/a.wav id1/b.wav\), \(id1/a.wav id2/c.wav\)"):
-        scoring.join_trials(some, t)
-    extra = scoring.parse_scores(lines(SCORES + "x\ty\t0.5\n"), "s.txt")
+        join_trials(some, t)
+    extra = parse_scores(lines(SCORES + "x\ty\t0.5\n"), "s.txt")
     with pytest.raises(SpkidError, match=r"1 scores in s.txt are not trials in t.txt, e.g. \(x y\)"):
-        scoring.join_trials(extra, t)
-    dup = scoring.parse_scores(lines(SCORES + SCORES.splitlines()[0] + "\n"), "s.txt")
+        join_trials(extra, t)
+    dup = parse_scores(lines(SCORES + SCORES.splitlines()[0] + "\n"), "s.txt")
     with pytest.raises(SpkidError, match=r"s.txt: 1 duplicate scores, e.g. \(id2/c.wav id2/d.wav\)"):
-        scoring.join_trials(dup, t)
-    many = scoring.parse_trials([f"1 e{i} t{i}" for i in range(10)], "big.txt")
+        join_trials(dup, t)
+    many = parse_trials([f"1 e{i} t{i}" for i in range(10)], "big.txt")
     with pytest.raises(SpkidError, match=r"10 of 10 trials .* e.g. \(e0 t0\), \(e1 t1\), \(e2 t2\), \.\.\."):
-        scoring.join_trials(some, many)
+        join_trials(some, many)
     with pytest.raises(SpkidError, match="SCORE LABEL lines have no keys"):
-        scoring.join_trials(scoring.parse_scores(["0.1 target"]), t)
-    wrong = scoring.parse_scores([line + "\tnontarget" for line in lines(SCORES)], "s.txt")
+        join_trials(parse_scores(["0.1 target"]), t)
+    wrong = parse_scores([line + "\tnontarget" for line in lines(SCORES)], "s.txt")
     with pytest.raises(SpkidError, match="2 scores in s.txt have labels that disagree with t.txt"):
-        scoring.join_trials(wrong, t)
+        join_trials(wrong, t)
 
 
 def _rec(key, label, top, **kw):
@@ -135,9 +138,9 @@ ID_LINES = [
 
 
 def test_identify_json_report_known_answers():
-    recs = scoring.read_input(ID_LINES)
+    recs = read_input(ID_LINES)
     assert isinstance(recs, list) and recs[5].enrolled is False and recs[4].enrolled is False
-    rep = scoring.identification_report(recs, top_k=2, far=0.5)
+    rep = report.identification_report(recs, top_k=2, far=0.5)
     assert (rep["n_clips"], rep["n_known"], rep["n_unknown"]) == (6, 4, 2)
     assert rep["top1_accuracy"] == pytest.approx(2 / 4) and rep["topk_accuracy"] == pytest.approx(3 / 4)
     # FAR 0.5: one of the two unknown probes (best scores 0.45, 0.7) may pass: threshold above 0.45
@@ -145,21 +148,21 @@ def test_identify_json_report_known_answers():
     # right: 1 (alice), 4 (bob), 5 (unknown); wrong: 2, 3, 6
     assert rep["decision_accuracy"] == pytest.approx(3 / 6) and rep["decision_far"] == pytest.approx(1 / 2)
     assert rep["threshold"] == 0.5
-    rows, cols, m = scoring.identification_confusion(recs)
+    rows, cols, m = report.identification_confusion(recs)
     assert rows == ["alice", "bob", "eve", "unknown"] and cols == ["alice", "bob", "carol", "unknown"]
     assert m.tolist() == [[1, 1, 0, 0], [0, 1, 0, 1], [0, 0, 1, 0], [0, 0, 0, 1]]
 
 
 def test_identify_record_to_json_round_trips():
-    rec = scoring.IdRecord("a b.wav", "zoë", [("zoë", 0.5), ("x", 0.25)], True, "zoë", 0.3)
-    (back,) = scoring.parse_identify([rec.to_json()])
+    rec = IdRecord("a b.wav", "zoë", [("zoë", 0.5), ("x", 0.25)], True, "zoë", 0.3)
+    (back,) = parse_identify([rec.to_json()])
     assert back == rec and "\n" not in rec.to_json()
 
 
 def test_identify_json_sorts_candidates_and_validates():
-    (r,) = scoring.parse_identify([_rec("k", "b", [("a", 0.1), ("b", 0.9)])])
+    (r,) = parse_identify([_rec("k", "b", [("a", 0.1), ("b", 0.9)])])
     assert r.top == [("b", 0.9), ("a", 0.1)] and r.decision is None and r.enrolled
-    rep = scoring.identification_report([r], top_k=5)
+    rep = report.identification_report([r], top_k=5)
     assert rep["top1_accuracy"] == 1.0 and rep["dir_at_far"] is None and "decision_accuracy" not in rep
     for bad, msg in [
         ('{"key": "a", "top": []}', "non-empty list"),
@@ -170,9 +173,9 @@ def test_identify_json_sorts_candidates_and_validates():
         ('{"key": "a", "top": ', "not valid JSON"),
     ]:
         with pytest.raises(SpkidError, match=rf"id.json:1: .*{msg}"):
-            scoring.read_input([bad], "id.json")
+            read_input([bad], "id.json")
     with pytest.raises(SpkidError, match="none of the 1 clips has the label of an enrolled speaker"):
-        scoring.identification_report(scoring.parse_identify([_rec("k", None, [("a", 0.1)])]))
+        report.identification_report(parse_identify([_rec("k", None, [("a", 0.1)])]))
 
 
 def test_cosine():
@@ -230,7 +233,7 @@ def test_calibration_reaches_the_theoretical_cllr_on_gaussian_scores(mu, p_targe
     rng = np.random.default_rng(11)
     # raw scores are an arbitrary affine map of the Gaussian variable, as cosine scores would be
     raw = lambda x: 0.12 * x + 0.3  # noqa: E731
-    cal = scoring.calibrate(raw(rng.normal(mu, 1, 20000)), raw(rng.normal(0, 1, 20000)), p_target=p_target)
+    cal = calibration.calibrate(raw(rng.normal(mu, 1, 20000)), raw(rng.normal(0, 1, 20000)), p_target=p_target)
     # the true LLR in raw-score units: (mu / 0.12) * raw - mu * 0.3 / 0.12 - mu^2 / 2
     assert cal.a == pytest.approx(mu / 0.12, rel=0.05)
     assert cal.b == pytest.approx(-mu * 0.3 / 0.12 - mu * mu / 2, abs=0.15 * mu)
@@ -241,7 +244,7 @@ def test_calibration_reaches_the_theoretical_cllr_on_gaussian_scores(mu, p_targe
 def test_calibration_thresholds_and_round_trip():
     rng = np.random.default_rng(4)
     tar, non = rng.normal(2, 1, 3000), rng.normal(0, 1, 30000)
-    cal = scoring.calibrate(tar, non, p_target=0.01, far=0.001, source="dev.txt")
+    cal = calibration.calibrate(tar, non, p_target=0.01, far=0.001, source="dev.txt")
     assert set(cal.thresholds) == {"eer", "min_dcf", "bayes", "far@0.001"}
     t = cal.threshold("far")
     assert t.far <= 0.001 and (t.far, t.frr) == metrics.far_frr(tar, non, t.score)
@@ -250,23 +253,23 @@ def test_calibration_thresholds_and_round_trip():
     assert cal.to_llr(cal.threshold("bayes").score) == pytest.approx(np.log(99))
     assert cal.fitted_on["file"] == "dev.txt" and cal.fitted_on["n_target"] == 3000
     assert cal.fitted_on["cllr"] >= cal.fitted_on["min_cllr"] - 1e-9
-    again = scoring.Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
+    again = calibration.Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
     assert again == cal
     with pytest.raises(SpkidError, match=r"no 'far@0.01' threshold in the calibration; stored: eer, min_dcf"):
         cal.threshold("far@0.01")
     with pytest.raises(SpkidError, match="malformed calibration"):
-        scoring.Calibration.from_dict({"a": 1.0}, "g.json")
+        calibration.Calibration.from_dict({"a": 1.0}, "g.json")
     with pytest.raises(SpkidError, match="not higher than non-target"):
-        scoring.calibrate(non[:100], tar[:100])
+        calibration.calibrate(non[:100], tar[:100])
 
 
 def test_effective_prior():
-    assert scoring.effective_prior(0.01, 1, 1) == pytest.approx(0.01)
-    assert scoring.effective_prior(0.5, 1, 9) == pytest.approx(0.1)
+    assert calibration.effective_prior(0.01, 1, 1) == pytest.approx(0.01)
+    assert calibration.effective_prior(0.5, 1, 9) == pytest.approx(0.1)
 
 
 def test_calibration_with_separable_scores_stays_finite():
-    a, b = scoring.fit_llr(np.array([2.0, 3.0, 4.0]), np.array([-1.0, 0.0, 1.0]))
+    a, b = calibration.fit_llr(np.array([2.0, 3.0, 4.0]), np.array([-1.0, 0.0, 1.0]))
     assert np.isfinite(a) and np.isfinite(b) and a > 0
 
 
@@ -279,32 +282,32 @@ def gallery(tmp_path):
     return g
 
 
-def _cal() -> scoring.Calibration:
+def _cal() -> calibration.Calibration:
     rng = np.random.default_rng(0)
-    return scoring.calibrate(rng.normal(1, 1, 500), rng.normal(-1, 1, 2000), source="dev.txt")
+    return calibration.calibrate(rng.normal(1, 1, 500), rng.normal(-1, 1, 2000), source="dev.txt")
 
 
 def test_gallery_calibration_keeps_other_keys_and_replaces_atomically(gallery):
-    assert scoring.load_calibration(gallery) is None
+    assert load_calibration(gallery) is None
     cal = _cal()
-    assert scoring.save_to_gallery(gallery, cal) == gallery / "gallery.json"
+    assert save_calibration(gallery, cal) == gallery / "gallery.json"
     obj = json.loads((gallery / "gallery.json").read_text())
     assert obj["format"] == "spkid-gallery/1" and obj["model_sha256"] == "ab" * 32 and obj["speakers"] == 3
     assert obj["calibration"]["thresholds"]["eer"]["score"] == cal.thresholds["eer"].score
     assert sorted(p.name for p in gallery.iterdir()) == ["gallery.json"]  # no temp file left
     assert (gallery / "gallery.json").stat().st_mode & 0o777 == 0o644
-    assert scoring.load_calibration(gallery) == cal
-    assert scoring.load_calibration(gallery / "gallery.json") == cal
+    assert load_calibration(gallery) == cal
+    assert load_calibration(gallery / "gallery.json") == cal
 
 
 def test_gallery_without_gallery_json_is_refused(tmp_path):
     with pytest.raises(SpkidError, match=r"not a gallery folder \(no gallery.json\)"):
-        scoring.save_to_gallery(tmp_path, _cal())
+        save_calibration(tmp_path, _cal())
     with pytest.raises(SpkidError, match="no such gallery folder"):
-        scoring.load_calibration(tmp_path / "nope.json")
+        load_calibration(tmp_path / "nope.json")
     (tmp_path / "gallery.json").write_text("[1, 2]")
     with pytest.raises(SpkidError, match="expected a JSON object"):
-        scoring.save_to_gallery(tmp_path, _cal())
+        save_calibration(tmp_path, _cal())
 
 
 def _model_file(path):
@@ -323,21 +326,21 @@ def test_model_calibration_writes_a_new_model_file(tmp_path):
     spec = _model_file(tmp_path / "in.pt")
     before = (tmp_path / "in.pt").read_bytes()
     cal = _cal()
-    scoring.save_to_model(tmp_path / "in.pt", tmp_path / "out.pt", cal)
+    modelfile.save_calibrated(tmp_path / "in.pt", tmp_path / "out.pt", cal)
     assert (tmp_path / "in.pt").read_bytes() == before
     blob = torch.load(tmp_path / "out.pt", weights_only=True)
     config = json.loads(blob["config"])
     assert config["model"] == spec.model and config["features"] == spec.features
     assert torch.equal(blob["state_dict"]["w"], torch.arange(4.0))
-    assert scoring.load_calibration(tmp_path / "out.pt") == cal
-    assert scoring.load_calibration(tmp_path / "in.pt") is None
+    assert modelfile.read_calibration(tmp_path / "out.pt") == cal
+    assert modelfile.read_calibration(tmp_path / "in.pt") is None
 
 
 def test_scoring_metrics_and_plots_never_import_torch():
     code = (
         "import sys, numpy as np\n"
-        "from spkid import metrics, scoring, plots\n"
-        "scoring.calibrate(np.array([1.0, 2.0, 0.5]), np.array([0.0, 0.7, -1.0]))\n"
+        "from spkid import calibration, decisions, metrics, plots, report, scoring, trials\n"
+        "calibration.calibrate(np.array([1.0, 2.0, 0.5]), np.array([0.0, 0.7, -1.0]))\n"
         "assert 'torch' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

@@ -1,4 +1,5 @@
-"""streams.py: lists, keyed matrices through real pipes, the TTY guard, atomic writes, shards."""
+"""The io layer: lists (lists.py), keyed matrices through real pipes and the TTY guard (streams.py), atomic writes
+(fileio.py), shards."""
 
 from __future__ import annotations
 
@@ -7,26 +8,27 @@ import os
 import pty
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from spkid import streams
+from spkid import fileio, lists, streams
 from spkid.errors import SpkidError
-from spkid.streams import Entry
+from spkid.lists import Entry
 
 
 def test_parse_list_labels_comments_crlf_and_spaces():
     lines = ["# a comment", "", "data/spk1/a.wav", "my dir/b c.wav\tbob\r", "x/y/z/u.flac", "   "]
-    entries = streams.parse_list(lines)
+    entries = lists.parse_list(lines)
     assert entries == [Entry("data/spk1/a.wav", "spk1"), Entry("my dir/b c.wav", "bob"), Entry("x/y/z/u.flac", "z")]
-    assert streams.parse_list(["LibriSpeech/19/198/19-198-0001.flac"], label_depth=2)[0].label == "19"
-    assert streams.parse_list(["a.wav"])[0].label is None
+    assert lists.parse_list(["LibriSpeech/19/198/19-198-0001.flac"], label_depth=2)[0].label == "19"
+    assert lists.parse_list(["a.wav"])[0].label is None
 
 
 def test_parse_list_rejects_extra_fields():
     with pytest.raises(SpkidError, match=r"lst:2: expected PATH or PATH<TAB>LABEL"):
-        streams.parse_list(["a.wav", "b.wav\tx\ty"], source="lst")
+        lists.parse_list(["a.wav", "b.wav\tx\ty"], source="lst")
 
 
 def test_read_list_mixes_files_and_list_files(tmp_path):
@@ -104,7 +106,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.txt"
     target.write_text("old")
     with pytest.raises(RuntimeError):
-        with streams.atomic_write(target, "w") as f:
+        with fileio.atomic_write(target, "w") as f:
             f.write("new, half")
             raise RuntimeError("boom")
     assert target.read_text() == "old"
@@ -113,19 +115,19 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 
 @pytest.mark.parametrize("spec,expect", [("1/3", [0, 3, 6]), ("3/3", [2, 5]), (None, list(range(8)))])
 def test_shard(spec, expect):
-    assert streams.shard(list(range(8)), spec) == expect
+    assert lists.shard(list(range(8)), spec) == expect
 
 
 @pytest.mark.parametrize("spec", ["0/3", "4/3", "x", "1/0"])
 def test_bad_shard(spec):
     with pytest.raises(SpkidError, match="--shard"):
-        streams.parse_shard(spec)
+        lists.parse_shard(spec)
 
 
 def test_output_path_keeps_layout_and_replaces_upper_case_suffix(tmp_path):
     root = tmp_path / "TIMIT"
     src = str(root / "TRAIN/DR1/FCJF0/SA1.WAV")
-    assert streams.output_path(src, "out", root, ".flac") == streams.Path("out/TRAIN/DR1/FCJF0/SA1.flac")
-    assert streams.default_root([str(root / "a/x.wav"), str(root / "b/y.wav")]) == root.resolve()
+    assert lists.output_path(src, "out", root, ".flac") == Path("out/TRAIN/DR1/FCJF0/SA1.flac")
+    assert lists.default_root([str(root / "a/x.wav"), str(root / "b/y.wav")]) == root.resolve()
     with pytest.raises(SpkidError, match="not under --root"):
-        streams.output_path("/elsewhere/x.wav", "out", root, ".flac")
+        lists.output_path("/elsewhere/x.wav", "out", root, ".flac")

@@ -159,6 +159,7 @@ def test_fine_tune_from_feature_files_of_the_models_front_end(wav_list: Path, tm
     """`spkid features --model M | spkid train --init M`: the feature files carry the model's own front end;
     feature files of other settings are refused with the command that makes the right ones."""
     from spkid import pretrained
+    from spkid.frontends import MelConfig
 
     try:
         pretrained.weights_path()
@@ -170,7 +171,7 @@ def test_fine_tune_from_feature_files_of_the_models_front_end(wav_list: Path, tm
               f"--epochs 1 --steps 2 --val-speakers 0 --crop 1.6 --threads 1", check=True)
     assert proc.returncode == 0
     written = json.loads((tmp_path / "mel" / "features.json").read_text())
-    assert written == pretrained.MelConfig().to_dict()
+    assert written == MelConfig().to_dict()
     spec, _ = modelfile.read(tmp_path / "ft.pt")
     assert spec.features == written
     emb = sh(f"spkid embed -m {tmp_path / 'ft.pt'} {tmp_path / 'mel'}/*/*.npy | spkid enroll -g {tmp_path / 'g'}",

@@ -17,7 +17,8 @@ from typing import Annotated, TypeVar
 import typer
 
 from spkid.errors import SpkidError, check_interrupted
-from spkid.streams import Entry, remove_temp_files
+from spkid.fileio import remove_temp_files
+from spkid.lists import Entry
 
 log = logging.getLogger("spkid")
 T = TypeVar("T")

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from spkid import audio, streams
+from spkid import audio, lists, streams
 from spkid.cli._common import (
     InputsArg,
     JobsOpt,
@@ -21,13 +21,13 @@ from spkid.cli._common import (
     check_unique_outputs,
     run_file_job,
 )
-from spkid.streams import Entry
+from spkid.lists import Entry
 
 app = typer.Typer(rich_markup_mode=None)
 
 
 def _convert_one(entry: Entry, *, out_dir: str, root: Path, rate: int, fmt: str) -> None:
-    dst = streams.output_path(entry.path, out_dir, root, audio.FORMATS[fmt][1])
+    dst = lists.output_path(entry.path, out_dir, root, audio.FORMATS[fmt][1])
     x, _ = audio.load(entry.path, rate=rate)
     audio.write(dst, x, rate, fmt)
 
@@ -60,10 +60,10 @@ def convert(
       spkid convert wavs.txt -d conv | spkid vad --trim -d voiced | spkid features -d feats
     """
     everything = streams.read_list(inputs, label_depth)
-    base = Path(root) if root else streams.default_root([e.path for e in everything])
-    entries = streams.shard(everything, shard)
+    base = Path(root) if root else lists.default_root([e.path for e in everything])
+    entries = lists.shard(everything, shard)
     suffix = audio.FORMATS[fmt][1]
-    planned = [streams.output_path(e.path, out_dir, base, suffix) for e in entries]
+    planned = [lists.output_path(e.path, out_dir, base, suffix) for e in entries]
     check_unique_outputs(entries, planned)
     todo = [(e, p) for e, p in zip(entries, planned) if overwrite or not p.exists()]
     fn = partial(_convert_one, out_dir=out_dir, root=base, rate=rate, fmt=fmt)

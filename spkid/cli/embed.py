@@ -1,7 +1,7 @@
 """`spkid embed`: audio or feature files in, a keyed embedding matrix (with its model record) out.
 
-Also the helpers `enroll`, `verify` and `identify` share: model options, loading the embedder, embedding a list
-of entries in batches with `--skip-bad`, and reading embeddings instead of audio.
+Also the helpers `enroll`, `verify` and `identify` share: model options, embedding a list of entries in batches
+with `--skip-bad`, and reading embeddings instead of audio.
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import numpy as np
 import typer
 
-from spkid import streams
+from spkid import lists, streams
 from spkid.cli._common import (InputsArg, ItemError, JobsOpt, OutputOpt, ShardOpt, SkipBadOpt, _guard, keep,
                                progress_bar, report_skipped)
 from spkid.errors import SpkidError, check_interrupted
-from spkid.streams import Entry
+from spkid.lists import Entry
 
 if TYPE_CHECKING:
-    from spkid.embedding import Embedder, ModelRef, Prepared, Preparer, Quality
+    from spkid.embedding import Embedder
+    from spkid.utterance import Prepared, Preparer, Quality
 
 log = logging.getLogger("spkid.embed")
 app = typer.Typer(rich_markup_mode=None)
@@ -34,22 +35,12 @@ ModelOpt = Annotated[
 ]
 DeviceOpt = Annotated[Literal["auto", "cpu", "cuda"], typer.Option("--device", help="auto = CUDA when available, else CPU.")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", min=0, metavar="N", help="CPU threads for torch (0 = torch's default).")]
-WindowOpt = Annotated[float | None, typer.Option("--window", metavar="SECONDS", help="Window length for long audio (default: the model's; 0 = whole utterance).")]
+WindowOpt = Annotated[float | None, typer.Option("--window", min=0.0, metavar="SECONDS", help="Window length for long audio (default: the model's; 0 = whole utterance).")]
 HopOpt = Annotated[float | None, typer.Option("--hop", min=0.01, metavar="SECONDS", help="Step between windows (default: the model's).")]
 NoVadOpt = Annotated[bool, typer.Option("--no-vad", help="Embed the whole signal instead of its voiced part.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, metavar="N", help="Windows per forward pass (results do not depend on it).")]
 
 PREPARE_CHUNK = 64  # files prepared (in parallel with -j) before their windows go through the network
-
-
-def load_embedder(model: str | None, device: str, threads: int, window: float | None, hop: float | None,
-                  no_vad: bool, batch_size: int, ref=None) -> Embedder:
-    from spkid import embedding
-
-    if window is not None and window < 0:
-        raise typer.BadParameter(f"--window must be >= 0 seconds, got {window}")
-    return embedding.Embedder.from_model(ref if ref is not None else model, device, use_vad=not no_vad,
-                                         window_s=window, hop_s=hop, batch_size=batch_size, threads=threads)
 
 
 def _prepare(prep: Preparer, entry: Entry) -> Prepared:
@@ -140,10 +131,13 @@ def embed(
       spkid convert -d conv < wavs.txt | spkid embed --model resemblyzer | spkid enroll -g enroll/
       spkid embed --model resemblyzer --shard 1/4 big.txt -o emb1.npy    # cat emb*.npy joins shards
     """
-    entries = streams.shard(streams.read_list(inputs), shard)
+    entries = lists.shard(streams.read_list(inputs), shard)
     if not entries:
         raise SpkidError("the input list is empty")
-    emb = load_embedder(model, device, threads, window, hop, no_vad, batch_size)
+    from spkid.embedding import Embedder
+
+    emb = Embedder.from_model(model, device, use_vad=not no_vad, window_s=window, hop_s=hop, batch_size=batch_size,
+                              threads=threads)
     good, vecs, quals = embed_entries(emb, entries, jobs=jobs, skip_bad=skip_bad)
     warn_no_speech(good, quals)
     streams.write_embeddings([e.key for e in good], vecs, emb.meta, output)
@@ -160,48 +154,3 @@ def embeddings_source(inputs: list[str] | None, forced: bool) -> str | None:
     if args in ([], ["-"]) and streams.stdin_is_npy():
         return "-"
     return None
-
-
-def model_for_gallery(model: str | None, g) -> ModelRef:
-    """The model to embed audio with for gallery `g`: --model, else the one the gallery records (a file that
-    still exists, or resemblyzer), else the bundled model; refused when its sha256 is not the gallery's."""
-    from pathlib import Path
-
-    from spkid import embedding, gallery
-
-    if model is not None or g is None:
-        ref = embedding.resolve_model(model)
-    else:
-        rec = g.meta.get("model") or {}
-        path = rec.get("path")
-        if rec.get("label") == "resemblyzer":
-            ref = embedding.resolve_model("resemblyzer")
-        elif path and Path(path).is_file():
-            ref = embedding.resolve_model(path)
-        else:
-            try:
-                ref = embedding.resolve_model(None)
-            except SpkidError:
-                raise SpkidError(f"{g.path} was built with model {rec.get('label') or path!r}, which is not found; "
-                                 "pass --model FILE (the same model)") from None
-    if g is not None:
-        gallery.check_model(g.model_sha256, ref.sha256, f"the gallery {g.path}", f"the model {ref.label}")
-    return ref
-
-
-def labels_for(keys: Sequence[str], labels_file: str | None, label_depth: int) -> list[str]:
-    """Speaker labels of embedding keys: from a list file (`PATH<TAB>LABEL`) or the list format's folder rule."""
-    if labels_file:
-        mapping = {e.key: e.label for e in streams.read_list([labels_file], label_depth)}
-        missing = [k for k in keys if mapping.get(k) is None]
-        if missing:
-            raise SpkidError(f"--labels {labels_file}: no label for {len(missing)} key(s), e.g. {missing[0]!r}")
-        return [mapping[k] for k in keys]
-    out = []
-    for k in keys:
-        lab = streams.label_from_path(k, label_depth)
-        if lab is None:
-            raise SpkidError(f"cannot tell the speaker of {k!r} (no parent folder at depth {label_depth}); "
-                             "give --labels FILE (PATH<TAB>LABEL lines)")
-        out.append(lab)
-    return out

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from spkid import streams
+from spkid import filelock, lists, streams
 from spkid.cli._common import InputsArg, JobsOpt, LabelDepthOpt, SkipBadOpt
 from spkid.cli.embed import (
     BatchOpt,
@@ -19,20 +19,14 @@ from spkid.cli.embed import (
     ThreadsOpt,
     WindowOpt,
     embeddings_source,
-    labels_for,
-    model_for_gallery,
 )
 from spkid.errors import SpkidError
+from spkid.report import format_table
 
 log = logging.getLogger("spkid.enroll")
 app = typer.Typer(rich_markup_mode=None)
 
 GalleryOpt = Annotated[str, typer.Option("--gallery", "-g", metavar="DIR", help="The gallery folder (created when missing).")]
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "".join("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() + "\n" for r in rows)
 
 
 @app.command()
@@ -88,7 +82,7 @@ def enroll(
     if existing is None and add is None:
         raise SpkidError(f"{g_path}: no such gallery; build one with `spkid enroll LIST -g {g_path}`")
 
-    with gallery.locked(g_path, wait):
+    with filelock.locked(g_path, wait):
         g = gallery.load(g_path, mmap=False) if gallery.exists(g_path) else None
         if g is None:
             if add is None:
@@ -117,7 +111,7 @@ def enroll(
     if list_:
         rows = [["speaker", "utterances", "seconds"]]
         rows += [[s, str(c), gallery.fmt_seconds(t)] for s, c, t in gallery.speaker_table(new)]
-        streams.write_text(_table(rows))
+        streams.write_text(format_table(rows))
 
 
 def _embeddings_to_add(inputs, existing, model, from_embeddings, labels, label_depth, window, hop, no_vad, device,
@@ -148,23 +142,24 @@ def _embeddings_to_add(inputs, existing, model, from_embeddings, labels, label_d
         path = Path(label) if label and label != "resemblyzer" and Path(label).is_file() else None
         meta = {"model": {"sha256": sha, "label": label, "path": str(path.resolve()) if path else None},
                 "features": emb.meta.get("features"), "embedding": emb.meta.get("embedding")}
-        return {"labels": labels_for(keys, labels, label_depth), "vectors": emb.values, "seconds": None, "meta": meta}
+        return {"labels": _labels_for(keys, labels, label_depth), "vectors": emb.values, "seconds": None, "meta": meta}
 
-    from spkid.cli.embed import embed_entries, load_embedder
+    from spkid.cli.embed import embed_entries
 
     entries = streams.read_list(inputs, label_depth)
     if not entries:
         raise SpkidError("the input list is empty")
     if labels:
-        names = labels_for([e.key for e in entries], labels, label_depth)
-        entries = [streams.Entry(e.path, n) for e, n in zip(entries, names)]
+        names = _labels_for([e.key for e in entries], labels, label_depth)
+        entries = [lists.Entry(e.path, n) for e, n in zip(entries, names)]
     unlabelled = [e.path for e in entries if e.label is None]
     if unlabelled:
         raise SpkidError(f"{unlabelled[0]}: no speaker label (no LABEL column and no parent folder); "
                          "give PATH<TAB>LABEL lines or --labels FILE")
     _warn_duplicates([e.key for e in entries])
-    ref = model_for_gallery(model, existing)
-    emb = load_embedder(model, device, threads, window, hop, no_vad, batch_size, ref=ref)
+    ref = embedding.model_for_gallery(model, existing)
+    emb = embedding.Embedder.from_model(ref, device, use_vad=not no_vad, window_s=window, hop_s=hop,
+                                        batch_size=batch_size, threads=threads)
     good, vectors, quals = embed_entries(emb, entries, jobs=jobs, skip_bad=skip_bad, desc="enroll")
     for e, q in zip(good, quals):
         for problem in q.problems():
@@ -172,6 +167,12 @@ def _embeddings_to_add(inputs, existing, model, from_embeddings, labels, label_d
     meta = {"model": {"sha256": ref.sha256, "label": ref.label, "path": str(ref.path.resolve())},
             "features": emb.spec.features, "embedding": emb.prep.cfg.to_dict()}
     return {"labels": [e.label for e in good], "vectors": vectors, "seconds": [q.speech_seconds for q in quals], "meta": meta}
+
+
+def _labels_for(keys: list[str], labels_file: str | None, label_depth: int) -> list[str]:
+    """Speaker labels of `keys`: from the list file `--labels` (`PATH<TAB>LABEL`), or the list format's folder rule."""
+    listed = streams.read_list([labels_file], label_depth) if labels_file else None
+    return lists.labels_for(keys, listed, label_depth, f"--labels {labels_file}")
 
 
 def _warn_duplicates(keys: list[str]) -> None:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from spkid import streams
+from spkid import fileio, lists, streams
 from spkid.cli._common import (
     InputsArg,
     JobsOpt,
@@ -24,9 +24,10 @@ from spkid.cli._common import (
     check_unique_outputs,
     run_file_job,
 )
+from spkid.cmvn import Norm
 from spkid.errors import SpkidError
-from spkid.features import Backend, FeatureConfig, Kind, LogType, Norm, Window
-from spkid.streams import Entry
+from spkid.features import Backend, FeatureConfig, Kind, LogType, Window
+from spkid.lists import Entry
 
 app = typer.Typer(rich_markup_mode=None)
 
@@ -54,7 +55,7 @@ def _features_one(job: _Job, *, cfg: Any, out_dir: str, root: Path) -> int:
         feats = cfg.compute(cfg.prepare(x)) if len(x) else np.zeros((0, cfg.dims), np.float32)
     if len(feats) == 0:
         raise SpkidError(f"{job.path}: no voiced frames (VAD ranges {list(job.keep or ())}); nothing to write")
-    with streams.atomic_write(streams.output_path(job.path, out_dir, root, ".npy"), "wb") as f:
+    with fileio.atomic_write(lists.output_path(job.path, out_dir, root, ".npy"), "wb") as f:
         np.lib.format.write_array(f, feats, allow_pickle=False)
     return len(feats)
 
@@ -86,17 +87,17 @@ def _ranges(segments: np.ndarray) -> tuple[tuple[int, int], ...]:
 
 def _model_config(model: str) -> Any:
     """The feature config a model file records (a FeatureConfig, or its own front end's config)."""
-    from spkid import embedding, modelfile, pretrained
+    from spkid import embedding
+    from spkid.frontends import frontend
 
     ref = embedding.resolve_model(model)
-    spec = pretrained.spec() if ref.pretrained else modelfile.read(ref.path)[0]
-    front = embedding.frontend(spec.features, str(ref.path))
+    front = frontend(ref.spec.features, str(ref.path))
     return getattr(front, "cfg", front)
 
 
 def _check_config(out_dir: str, cfg: Any, overwrite: bool) -> None:
     """Refuse to mix features of two configs in one folder: an existing features.json must match."""
-    from spkid.embedding import read_feature_config
+    from spkid.frontends import read_feature_config
 
     path = Path(out_dir) / CONFIG_NAME
     if overwrite or not path.exists():
@@ -169,17 +170,17 @@ def features(
         except SpkidError as e:
             raise typer.BadParameter(str(e).removeprefix("feature config: ")) from None
     everything = streams.read_list(inputs, label_depth)
-    positions = streams.shard(list(range(len(everything))), shard)
+    positions = lists.shard(list(range(len(everything))), shard)
     entries = [everything[i] for i in positions]
     ranges = _vad_ranges(vad, len(everything), positions) if vad else {}
-    base = Path(root) if root else streams.default_root([e.path for e in everything])
-    planned = [streams.output_path(e.path, out_dir, base, ".npy") for e in entries]
+    base = Path(root) if root else lists.default_root([e.path for e in everything])
+    planned = [lists.output_path(e.path, out_dir, base, ".npy") for e in entries]
     check_unique_outputs(entries, planned)
     _check_config(out_dir, cfg, overwrite)
     config_path = Path(out_dir) / CONFIG_NAME
     config_existed = config_path.exists()
     try:  # from the config's write on: a Ctrl-C right after it must not leave it behind either
-        with streams.atomic_write(config_path, "w") as f:
+        with fileio.atomic_write(config_path, "w") as f:
             f.write(json.dumps(cfg.to_dict(), indent=1) + "\n")
         todo = [
             (_Job(e.path, e.label, _ranges(ranges[i]) if vad else None), p)

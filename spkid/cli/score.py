@@ -9,8 +9,10 @@ from typing import Annotated
 
 import typer
 
-from spkid import metrics, scoring, streams
+from spkid import calibration, lists, metrics, report, streams
 from spkid.errors import SpkidError
+from spkid.report import format_table
+from spkid.trials import IdRecord, ScoreList, labelled, parse_trials, read_input
 
 app = typer.Typer(rich_markup_mode=None)
 log = logging.getLogger("spkid.score")
@@ -25,11 +27,7 @@ def _read_lines(src: str, what: str) -> list[str]:
         if src == "-" and f.isatty():
             raise SpkidError(f"no input: give a {what} file or pipe it on stdin")
         data = f.read()
-    try:
-        return streams.split_lines(data.decode("utf-8-sig"))
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise SpkidError(f"{'<stdin>' if src == '-' else src}:{line}: not valid UTF-8 text (expected {what})") from None
+    return lists.split_lines(lists.decode_text(data, _source(src), what))
 
 
 def _source(src: str) -> str:
@@ -48,12 +46,6 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _table(rows: list[list[str]]) -> str:
-    """Left-aligned columns separated by at least two spaces; one row a line (awk '$1=="eer"{print $2}')."""
-    widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(max(len(r) for r in rows))]
-    return "".join("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() + "\n" for r in rows)
-
-
 def _report_table(rep: dict) -> str:
     ci = rep.get("ci", {})
     header = ["metric", "value"] + ([f"ci{rep['ci_level'] * 100:g}_low", f"ci{rep['ci_level'] * 100:g}_high"] if ci else [])
@@ -62,22 +54,22 @@ def _report_table(rep: dict) -> str:
         if k in ("ci", "confusion"):
             continue
         rows.append([k, _fmt(v)] + ([_fmt(ci[k][0]), _fmt(ci[k][1])] if k in ci else (["-", "-"] if ci else [])))
-    return _table(rows)
+    return format_table(rows)
 
 
 def _confusion_table(rows: list[str], cols: list[str], counts) -> str:
     lines = [["true\\decision", *cols]]
     lines += [[r, *(str(int(c)) for c in counts[i])] for i, r in enumerate(rows)]
-    return _table(lines)
+    return format_table(lines)
 
 
-def _calibration_table(cal: scoring.Calibration, written: str) -> str:
+def _calibration_table(cal: calibration.Calibration, written: str) -> str:
     top = [["metric", "value"], ["a", _fmt(cal.a)], ["b", _fmt(cal.b)], ["p_target", _fmt(cal.p_target)]]
     top += [[k, _fmt(v)] for k, v in cal.fitted_on.items() if k != "file"]
     top.append(["written", written])
     thr = [["threshold", "score", "far", "frr"]]
     thr += [[k, _fmt(t.score), _fmt(t.far), _fmt(t.frr)] for k, t in cal.thresholds.items()]
-    return _table(top) + "\n" + _table(thr)
+    return format_table(top) + "\n" + format_table(thr)
 
 
 def _json_safe(obj):
@@ -95,12 +87,12 @@ def _usage(msg: str, hint: str) -> typer.BadParameter:
     return typer.BadParameter(msg, param_hint=hint)
 
 
-def _labelled(src: str, trials: str | None) -> scoring.ScoreList:
-    parsed = scoring.read_input(_read_lines(src, "scores"), _source(src))
-    if not isinstance(parsed, scoring.ScoreList):
+def _labelled(src: str, trials: str | None) -> ScoreList:
+    parsed = read_input(_read_lines(src, "scores"), _source(src))
+    if not isinstance(parsed, ScoreList):
         raise SpkidError(f"{_source(src)}: identification results cannot be calibrated; give verification scores")
-    tri = scoring.parse_trials(_read_lines(trials, "trials"), trials) if trials else None
-    return scoring.labelled(parsed, tri)
+    tri = parse_trials(_read_lines(trials, "trials"), trials) if trials else None
+    return labelled(parsed, tri)
 
 
 @app.command()
@@ -196,7 +188,7 @@ def score(
         if value is not None:
             raise _usage(f"{name} is only used with --calibrate SCORES", name)
     src = scores or "-"
-    parsed = scoring.read_input(_read_lines(src, "scores"), _source(src))
+    parsed = read_input(_read_lines(src, "scores"), _source(src))
     if isinstance(parsed, list):
         for name, bad in (("--trials", trials), ("--threshold", threshold), ("--llr", llr), ("--bootstrap", bootstrap)):
             if bad:
@@ -206,8 +198,8 @@ def score(
     for name, bad in (("--top-k", top_k), ("--confusion", confusion)):
         if bad:
             raise SpkidError(f"{name} applies to identification results (`spkid identify --json`), but {_source(src)} holds scores")
-    tri = scoring.parse_trials(_read_lines(trials, "trials"), trials) if trials else None
-    data = scoring.labelled(parsed, tri)
+    tri = parse_trials(_read_lines(trials, "trials"), trials) if trials else None
+    data = labelled(parsed, tri)
     cfg = metrics.VerificationConfig(
         p_target=p_target, c_miss=c_miss, c_fa=c_fa, far=far, threshold=threshold, llr=llr, bootstrap=bootstrap, seed=seed
     )
@@ -220,17 +212,17 @@ def score(
     streams.write_text(json.dumps(_json_safe(rep), indent=2) + "\n" if as_json else _report_table(rep))
 
 
-def _identification(records: list[scoring.IdRecord], k: int, far: float, confusion: bool, as_json: bool, plot: str | None) -> None:
-    rep = scoring.identification_report(records, k, far)
+def _identification(records: list[IdRecord], k: int, far: float, confusion: bool, as_json: bool, plot: str | None) -> None:
+    rep = report.identification_report(records, k, far)
     text = ""
     if confusion:
-        rows, cols, counts = scoring.identification_confusion(records)
+        rows, cols, counts = report.identification_confusion(records)
         rep["confusion"] = {"rows": rows, "columns": cols, "counts": counts.tolist()}
         text = "\n" + _confusion_table(rows, cols, counts)
     if plot:
         from spkid import plots
 
-        plots.plot_identification(*scoring.identification_arrays(records), plot)
+        plots.plot_identification(*report.identification_arrays(records), plot)
         log.info("plot written to %s", plot)
     streams.write_text(json.dumps(_json_safe(rep), indent=2) + "\n" if as_json else _report_table(rep) + text)
 
@@ -247,14 +239,18 @@ def _calibrate(
     model_out: str | None,
     as_json: bool,
 ) -> None:
+    from spkid.gallery import gallery_json, save_calibration
+
     if gallery is not None:
-        scoring.gallery_json(gallery)  # fail on a missing gallery before the fit, not after
+        gallery_json(gallery)  # fail on a missing gallery before the fit, not after
     data = _labelled(src, trials)
-    cal = scoring.calibrate(data.target, data.nontarget, p_target, far, _source(src), c_miss, c_fa)
+    cal = calibration.calibrate(data.target, data.nontarget, p_target, far, _source(src), c_miss, c_fa)
     if gallery is not None:
-        written = str(scoring.save_to_gallery(gallery, cal))
+        written = str(save_calibration(gallery, cal))
     else:
-        written = str(scoring.save_to_model(model, model_out, cal))
+        from spkid import modelfile
+
+        written = str(modelfile.save_calibrated(model, model_out, cal))
     log.info("calibration written to %s", written)
     out = cal.to_dict() | {"written": written}
     streams.write_text(json.dumps(_json_safe(out), indent=2) + "\n" if as_json else _calibration_table(cal, written))

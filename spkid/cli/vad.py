@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 import numpy as np
 import typer
 
-from spkid import audio, streams
+from spkid import audio, lists, streams
 from spkid import vad as core
 from spkid.cli._common import (
     InputsArg,
@@ -25,7 +25,7 @@ from spkid.cli._common import (
     map_entries,
     run_file_job,
 )
-from spkid.streams import Entry
+from spkid.lists import Entry
 from spkid.vad import SAMPLE_RATE, VadConfig
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def _trim_one(entry: Entry, *, cfg: VadConfig, out_dir: str, root: Path, fmt: st
     x = audio.load_expected(entry.path, SAMPLE_RATE)
     segs = core.segments(x, SAMPLE_RATE, cfg)
     if len(segs):
-        dst = streams.output_path(entry.path, out_dir, root, audio.FORMATS[fmt][1])
+        dst = lists.output_path(entry.path, out_dir, root, audio.FORMATS[fmt][1])
         audio.write(dst, (x[a:b] for a, b in segs), SAMPLE_RATE, fmt)  # the voiced segments, not joined in memory
     return segs, len(x)
 
@@ -114,7 +114,7 @@ def vad(
     cfg = VadConfig(frame=frame, hop=hop, threshold=threshold, neg_threshold=neg_threshold,
                     min_speech=min_speech, min_silence=min_silence, padding=padding)
     everything = streams.read_list(inputs, label_depth)
-    positions = streams.shard(list(range(len(everything))), shard)
+    positions = lists.shard(list(range(len(everything))), shard)
     entries = [everything[i] for i in positions]
     if trim:
         _run_trim(entries, cfg, out_dir, root, fmt, jobs=jobs, skip_bad=skip_bad, overwrite=overwrite)
@@ -138,9 +138,9 @@ def vad(
 
 def _run_trim(entries: list[Entry], cfg: VadConfig, out_dir: str, root: str | None, fmt: str, *,
               jobs: int, skip_bad: bool, overwrite: bool) -> None:
-    base = Path(root) if root else streams.default_root([e.path for e in entries])
+    base = Path(root) if root else lists.default_root([e.path for e in entries])
     suffix = audio.FORMATS[fmt][1]
-    planned = [streams.output_path(e.path, out_dir, base, suffix) for e in entries]
+    planned = [lists.output_path(e.path, out_dir, base, suffix) for e in entries]
     check_unique_outputs(entries, planned)
     todo = [(e, p) for e, p in zip(entries, planned) if overwrite or not p.exists()]
     fn = partial(_trim_one, cfg=cfg, out_dir=out_dir, root=base, fmt=fmt)

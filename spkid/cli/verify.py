@@ -5,21 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import typer
 
-from spkid import streams
+from spkid import decisions, lists, streams
 from spkid.cli._common import JobsOpt, SkipBadOpt
 from spkid.cli.embed import BatchOpt, DeviceOpt, HopOpt, ModelOpt, NoVadOpt, ThreadsOpt, WindowOpt
 from spkid.errors import SpkidError
-
-if TYPE_CHECKING:
-    from spkid.embedding import ModelRef
-    from spkid.gallery import Gallery
 
 log = logging.getLogger("spkid.verify")
 app = typer.Typer(rich_markup_mode=None)
@@ -30,91 +25,11 @@ PointOpt = Annotated[OperatingPoint, typer.Option("--operating-point", help="Whi
 CohortOpt = Annotated[str | None, typer.Option("--cohort", metavar="FILE", help="Keyed matrix of cohort embeddings (`spkid embed` output, other speakers) for AS-norm.")]
 ScoreByOpt = Annotated[Literal["best", "mean"], typer.Option("--score-by", help="Galleries that keep every enrolment embedding: score a speaker by its best or its mean cosine.")]
 GalleryOpt = Annotated[str | None, typer.Option("--gallery", "-g", metavar="DIR", help="A gallery folder built by `spkid enroll`.")]
-AS_NORM_TOP_N = 300
-
-
-@dataclass
-class ThresholdChoice:
-    """A decision threshold and where it came from (`score` None: no threshold anywhere)."""
-
-    score: float | None
-    source: str
-    far: float | None = None
-    frr: float | None = None
-
-    def describe(self) -> str:
-        if self.score is None:
-            return self.source
-        rates = f"; FAR {100 * self.far:.2f} %, FRR {100 * self.frr:.2f} % there" if self.far is not None else ""
-        return f"threshold {self.score:.4f} from {self.source}{rates}"
-
-    def to_json(self) -> dict:
-        return {"threshold": self.score, "threshold_source": self.source, "threshold_far": self.far, "threshold_frr": self.frr}
-
-
-NO_THRESHOLD = ("no threshold: scores only (pass --threshold SCORE, or calibrate one on labelled trials, e.g. "
-                "`spkid verify --trials T -g DIR | spkid score --calibrate - -g DIR`, and it is used from then on)")
-
-
-def choose_threshold(threshold: float | None, g: Gallery | None, ref: ModelRef | None, point: str, cohort: bool) -> ThresholdChoice:
-    """--threshold, else the gallery's fixed threshold, else its calibration, else the model's calibration."""
-    from spkid import scoring
-
-    if threshold is not None:
-        return ThresholdChoice(threshold, "--threshold")
-    choice = None
-    if g is not None:
-        fixed = g.meta.get("threshold")
-        if isinstance(fixed, dict) and isinstance(fixed.get("score"), (int, float)):
-            choice = ThresholdChoice(float(fixed["score"]), f"{g.path}/gallery.json (set by {fixed.get('source', 'enroll')})")
-        elif g.meta.get("calibration") is not None:
-            cal = scoring.load_calibration(g.path)
-            choice = _from_calibration(cal, point, f"the calibration in {g.path}/gallery.json")
-    if choice is None and ref is not None and not ref.pretrained:
-        cal = scoring.load_calibration(ref.path)
-        if cal is not None:
-            choice = _from_calibration(cal, point, f"the calibration in model {ref.label}")
-    if choice is None:
-        return ThresholdChoice(None, NO_THRESHOLD)
-    if cohort:
-        log.warning("%s was chosen on raw scores; with --cohort the scores are AS-normed (calibrate on AS-normed "
-                    "scores, or pass --threshold)", choice.source)
-    return choice
-
-
-def _from_calibration(cal, point: str, where: str) -> ThresholdChoice:
-    t = cal.threshold(point)
-    kind = point if point != "far" else next((k for k in cal.thresholds if k.startswith("far@")), point)
-    n = cal.fitted_on
-    trials = f", fitted on {n['n_target']} target / {n['n_nontarget']} non-target trials" if "n_target" in n else ""
-    return ThresholdChoice(t.score, f"{where} ({kind} point{trials})", t.far, t.frr)
 
 
 def load_cohort(path: str, sha: str) -> np.ndarray:
-    from spkid import gallery
-
     c = streams.read_embeddings(path)
-    gallery.check_model(c.model_sha256, sha, f"the cohort {path}", "the model used here")
-    if len(c.values) < 2:
-        raise SpkidError(f"--cohort {path}: needs at least 2 embeddings, has {len(c.values)}")
-    return _unit(c.values)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def speaker_scores(g: Gallery, rows: np.ndarray, test: np.ndarray, score_by: str) -> np.ndarray:
-    """Score of test embedding i `(n, D)` against gallery speaker rows[i]: cosine with the speaker's model, or
-    (aggregation "all") the best / mean cosine with its enrolment embeddings."""
-    if g.all_embeddings is None:
-        return np.einsum("nd,nd->n", np.asarray(g.embeddings[rows]), test).astype(np.float64)
-    out = np.empty(len(rows))
-    for j, (r, t) in enumerate(zip(rows, test)):
-        s = g.rows_of(int(r)) @ t
-        out[j] = s.max() if score_by == "best" else s.mean()
-    return out
+    return decisions.check_cohort(c.values, c.model_sha256, sha, path)
 
 
 def _fmt(x: float) -> str:
@@ -197,11 +112,13 @@ def _verify(inputs, gallery_dir, speaker, trials, embeddings, root, model, thres
     want = 1 if g is not None else 2
     if len(args) != want:
         raise SpkidError(f"expected {want} clip{'s' * (want > 1)}{' (with --gallery --speaker)' if g else ''}, got {len(args)}")
-    from spkid.cli.embed import embed_entries, load_embedder, model_for_gallery
+    from spkid.cli.embed import embed_entries
+    from spkid.embedding import Embedder, model_for_gallery
 
     ref = model_for_gallery(model, g)
-    emb = load_embedder(model, device, threads, window, hop, no_vad, batch_size, ref=ref)
-    entries = [streams.Entry(a) for a in args]
+    emb = Embedder.from_model(ref, device, use_vad=not no_vad, window_s=window, hop_s=hop, batch_size=batch_size,
+                              threads=threads)
+    entries = [lists.Entry(a) for a in args]
     _, vecs, quals = embed_entries(emb, entries, desc="verify")
     for e, q in zip(entries, quals):
         if q.speech_seconds < emb.prep.cfg.min_s:
@@ -210,7 +127,7 @@ def _verify(inputs, gallery_dir, speaker, trials, embeddings, root, model, thres
     if g is not None:
         row = g.index(speaker)
         enroll_vec = np.asarray(g.embeddings[row])
-        score = float(speaker_scores(g, np.array([row]), vecs[:1], score_by)[0])
+        score = float(decisions.speaker_scores(g, np.array([row]), vecs[:1], score_by)[0])
         enroll_name, test_vec, test_name = speaker, vecs[0], args[0]
     else:
         enroll_vec, test_vec = vecs[0], vecs[1]
@@ -219,10 +136,13 @@ def _verify(inputs, gallery_dir, speaker, trials, embeddings, root, model, thres
     if cohort_emb is not None:
         from spkid import scoring
 
-        score = scoring.as_norm_pair(score, enroll_vec, test_vec, cohort_emb, AS_NORM_TOP_N)
-    thr = choose_threshold(threshold, g, ref, point, cohort_emb is not None)
+        score = scoring.as_norm_pair(score, enroll_vec, test_vec, cohort_emb, scoring.AS_NORM_TOP_N)
+    from spkid import modelfile
+
+    model_cal = modelfile.model_calibration(ref, emb.spec)
+    thr = decisions.choose_threshold(threshold, g, model_cal, ref.label, point, cohort_emb is not None)
     if thr.score is None and quiet:
-        raise SpkidError(f"-q needs a decision, but there is {NO_THRESHOLD}")
+        raise SpkidError(f"-q needs a decision, but there is {decisions.NO_THRESHOLD}")
     accepted = None if thr.score is None else score >= thr.score
     decision = None if accepted is None else ("accept" if accepted else "reject")
     if quiet:
@@ -240,10 +160,11 @@ def _verify(inputs, gallery_dir, speaker, trials, embeddings, root, model, thres
 def _trials(path, g, embeddings, root, model, cohort, score_by, output, window, hop, no_vad, device, threads, batch_size,
             jobs, skip_bad) -> None:
     from spkid import gallery, scoring
+    from spkid.trials import parse_trials
 
     with streams.open_input(path) as f:
-        text = f.read().decode("utf-8-sig", errors="strict")
-    t = scoring.parse_trials(streams.split_lines(text), path)
+        text = lists.decode_text(f.read(), "<stdin>" if path == "-" else path, "trials")
+    t = parse_trials(lists.split_lines(text), path)
     if g is not None:
         missing = sorted({e for e in t.enroll if e not in g._lookup()})
         if missing:
@@ -269,15 +190,17 @@ def _trials(path, g, embeddings, root, model, cohort, score_by, output, window, 
         if absent:
             raise SpkidError(f"{embeddings}: no embedding for {len(absent)} of the {len(files)} files in {path}, "
                              f"e.g. {absent[0]!r}; embed them first")
-        vec = {f: _unit(src.values[index.get(f, index.get(_rooted(f, root)))]) for f in files}
+        vec = {f: scoring.unit(src.values[index.get(f, index.get(_rooted(f, root)))], np.float32) for f in files}
         ref = None
     else:
-        from spkid.cli.embed import embed_entries, load_embedder, model_for_gallery
+        from spkid.cli.embed import embed_entries
+        from spkid.embedding import Embedder, model_for_gallery
 
         ref = model_for_gallery(model, g)
         sha = ref.sha256
-        emb = load_embedder(model, device, threads, window, hop, no_vad, batch_size, ref=ref)
-        entries = [streams.Entry(_rooted(f, root)) for f in files]
+        emb = Embedder.from_model(ref, device, use_vad=not no_vad, window_s=window, hop_s=hop, batch_size=batch_size,
+                                  threads=threads)
+        entries = [lists.Entry(_rooted(f, root)) for f in files]
         good, vecs, _ = embed_entries(emb, entries, jobs=jobs, skip_bad=skip_bad, desc="verify")
         by_path = {e.path: v for e, v in zip(good, vecs)}
         vec = {f: by_path[_rooted(f, root)] for f in files if _rooted(f, root) in by_path}
@@ -288,12 +211,12 @@ def _trials(path, g, embeddings, root, model, cohort, score_by, output, window, 
     if g is not None:
         rows = np.array([g.index(t.enroll[i]) for i in keep])
         enroll_m = np.asarray(g.embeddings[rows])
-        scores = speaker_scores(g, rows, test, score_by)
+        scores = decisions.speaker_scores(g, rows, test, score_by)
     else:
         enroll_m = np.stack([vec[t.enroll[i]] for i in keep])
         scores = np.einsum("nd,nd->n", enroll_m, test).astype(np.float64)
     if cohort:
-        scores = scoring.as_norm(scores, enroll_m, test, load_cohort(cohort, sha), AS_NORM_TOP_N)
+        scores = scoring.as_norm(scores, enroll_m, test, load_cohort(cohort, sha), scoring.AS_NORM_TOP_N)
     lines = "".join(f"{t.enroll[i]}\t{t.test[i]}\t{_fmt(s)}\t{'target' if t.label[i] else 'nontarget'}\n"
                     for i, s in zip(keep, scores))
     streams.write_text(lines, output)
