@@ -1,38 +1,55 @@
 #!/usr/bin/env bash
-# The main job on the bundled model: enroll a few speakers, then identify held-out clips (and one speaker who
-# was never enrolled, who should come out `unknown`), printing who spoke with scores.
-#   examples/demo.sh [DATA_DIR] [WORK_DIR]
-# DATA_DIR: any folder of <speaker>/<...>/<file>.flac|wav (default: ../shared/data/librispeech_tc100 beside
-# the checkout; without one, espeak-ng voices are rendered with examples/make_voices.sh).
+# The main job on the bundled model: enroll a few speakers, then identify other clips of them and of one speaker
+# who was never enrolled (he should come out `unknown`), and print a table: clip, true speaker, decision, score,
+# margin. Exits 1 when a decision is wrong.
+#   examples/demo.sh [CLIPS_DIR] [WORK_DIR]
+# CLIPS_DIR (default: examples/clips, real LibriSpeech speech, see its ATTRIBUTION.md) holds enroll/<speaker>/*
+# and probe/<speaker>/* audio files; a probe speaker with no enroll/ folder is one never enrolled. Needs only the
+# installed spkid (`make demo` runs it in the project's .venv): no corpus, no ffmpeg, no network.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-data=${1:-$here/../../shared/data/librispeech_tc100}
+clips=${1:-$here/clips}
 work=${2:-demo_out}
 rm -rf "$work" && mkdir -p "$work"
-if [ ! -d "$data" ]; then
-  echo "demo: no corpus at $data; rendering espeak-ng voices instead" >&2
-  bash "$here/make_voices.sh" "$work/voices"
-  data=$work/voices
+export LC_ALL=C  # glob order
+shopt -s nullglob
+audio() { for f in "$1"/*/*; do case ${f,,} in *.flac|*.wav|*.ogg|*.mp3) printf '%s\n' "$f";; esac; done; }
+audio "$clips/enroll" > "$work/enroll.txt"
+audio "$clips/probe" > "$work/probe.txt"
+if [ ! -s "$work/enroll.txt" ] || [ ! -s "$work/probe.txt" ]; then
+  echo "demo: $clips needs enroll/<speaker>/ and probe/<speaker>/ audio files" >&2
+  exit 1
 fi
-data=$(cd "$data" && pwd)
-# Speakers with at least 3 files: 4 are enrolled with 2 files each; a 5th is never enrolled.
-python - "$data" "$work" <<'PY'
-import sys
-from pathlib import Path
-data, work = Path(sys.argv[1]), Path(sys.argv[2])
-files = {}
-for p in sorted(data.rglob("*")):
-    if p.suffix.lower() in (".flac", ".wav"):
-        files.setdefault(p.relative_to(data).parts[0], []).append(p)
-# most files first: in librispeech_tc100 that is 19, 26 and 27, held out of the bundled model's training
-speakers = sorted((s for s, fs in files.items() if len(fs) >= 3), key=lambda s: (-len(files[s]), s))[:5]
-enroll = [f"{f}\t{s}\n" for s in speakers[:4] for f in files[s][:2]]
-probes = [f"{f}\t{s}\n" for s in speakers[:4] for f in files[s][2:4]] + [f"{f}\t{s}\n" for s in speakers[4:] for f in files[s][:2]]
-(work / "enroll.txt").write_text("".join(enroll))
-(work / "probes.txt").write_text("".join(probes))
-PY
-echo "== enrolling $(cut -f2 "$work/enroll.txt" | sort -u | tr '\n' ' ')" >&2
+echo "== enrolling $(awk -F/ '{print $(NF-1)}' "$work/enroll.txt" | uniq | tr '\n' ' ')" >&2
 spkid enroll "$work/enroll.txt" -g "$work/gallery"
-spkid enroll -g "$work/gallery" --list
-echo "== identifying held-out clips (true speaker in the second column of probes.txt)" >&2
-spkid identify "$work/probes.txt" -g "$work/gallery" --top-k 2
+spkid enroll -g "$work/gallery" --list >&2
+echo "== identifying the probe clips" >&2
+spkid identify "$work/probe.txt" -g "$work/gallery" --json > "$work/identify.jsonl"
+python - "$work/identify.jsonl" <<'PY'
+import json
+import os
+import sys
+
+rows = [json.loads(line) for line in open(sys.argv[1], encoding="utf-8")]
+table = [("clip", "true speaker", "decision", "score", "margin")]
+wrong = 0
+for r in rows:
+    expected = r["label"] if r["enrolled"] else "unknown"
+    right = r["decision"] == expected
+    wrong += not right
+    true = r["label"] if r["enrolled"] else f"{r['label']} (not enrolled)"
+    margin = "" if r["margin"] is None else f"{r['margin']:.3f}"
+    table.append((os.path.join(*r["key"].split(os.sep)[-2:]), true, r["decision"] + ("" if right else "  <- wrong"),
+                  f"{r['top'][0]['score']:.3f}", margin))
+width = [max(len(row[i]) for row in table) for i in range(5)]
+for row in table:
+    print("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, width))).rstrip())
+thr = rows[0]["threshold"] if rows else None
+strangers = sorted({r["label"] for r in rows if not r["enrolled"]})
+print(f"\n{len(rows) - wrong}/{len(rows)} decisions right ({sum(r['enrolled'] for r in rows)} clips of enrolled speakers, "
+      f"{len(rows) - sum(r['enrolled'] for r in rows)} of never-enrolled {', '.join(strangers) or 'none'}).")
+print("score: cosine with the best enrolled speaker"
+      + (f"; under the threshold {thr:.3f} a clip is `unknown`" if thr is not None else "")
+      + ". margin: best minus second-best score.")
+sys.exit(1 if wrong else 0)
+PY

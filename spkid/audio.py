@@ -2,15 +2,20 @@
 
 soundfile (libsndfile) reads WAV, FLAC, OGG/Vorbis, MP3, AIFF and NIST SPHERE (TIMIT's `.WAV`). Containers it
 cannot read (m4a, aac, mp4, opus, webm, wma) are decoded by an `ffmpeg` subprocess when one is on PATH.
-Every failure is a `SpkidError` naming the file.
+Every failure is a `SpkidError` naming the file. Audio held in memory (stdin's bytes) is read as a `Clip`, and
+named pipes (`/dev/stdin`, `<(arecord ...)`) are read whole first: `read` accepts a path or a Clip, and so does
+every reader built on it (`load`, `load_expected`, `utterance.Preparer.prepare_file`).
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import shutil
+import struct
 import subprocess
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -19,9 +24,8 @@ import soundfile as sf
 
 from spkid.errors import SpkidError
 from spkid.fileio import atomic_path
-from spkid.lists import LIST_SUFFIXES
+from spkid.lists import FFMPEG_SUFFIXES, LIST_SUFFIXES
 
-FFMPEG_SUFFIXES = (".m4a", ".aac", ".mp4", ".opus", ".webm", ".wma", ".m4b", ".3gp", ".amr", ".mka", ".mkv")
 FORMATS = {"flac": ("FLAC", ".flac"), "wav": ("WAV", ".wav")}
 
 
@@ -29,13 +33,93 @@ class AudioError(SpkidError):
     """An audio file that cannot be read or written."""
 
 
-def read(path: str | Path) -> tuple[np.ndarray, int]:
-    """Decode `path` to float32 `(samples, channels)` in [-1, 1] and its sample rate (Hz)."""
+@dataclass(frozen=True)
+class Clip:
+    """Encoded audio held in memory, e.g. stdin's bytes (`spkid.streams.stdin_audio`): `name` names it in messages,
+    `format` is what `sniff` found (None: unknown, libsndfile guesses)."""
+
+    data: bytes = field(repr=False)
+    name: str = "<stdin>"
+    format: str | None = None
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def sniff(head: bytes) -> str | None:
+    """The audio format that the first bytes of a stream announce, by magic bytes: "wav" (RIFF/RF64/BW64 + WAVE),
+    "flac" (fLaC), "ogg" (OggS), "mp3" (an ID3v2 tag or an MPEG audio frame sync); None for anything else (a text
+    list, a `.npy` record). Needs 12 bytes to be sure; a shorter `head` that agrees with a signature so far counts
+    as that format (a list never starts so: `fLaC`+NUL, `OggS`+NUL, `ID3`+version byte 2-4 and 0xFF are not text)."""
+    if head[:4] in (b"RIFF", b"RF64", b"BW64") and b"WAVE".startswith(head[8:12]):
+        return "wav"
+    if head[:4] == b"fLaC" and (len(head) < 5 or head[4] & 0x7F == 0):  # STREAMINFO comes first
+        return "flac"
+    if head[:4] == b"OggS" and (len(head) < 5 or head[4] == 0):  # stream structure version 0
+        return "ogg"
+    if head[:3] == b"ID3" and (len(head) < 4 or head[3] in (2, 3, 4)):
+        return "mp3"
+    if head[:1] == b"\xff" and (len(head) < 2 or _mpeg_sync(head[1])) and head[:2] != b"\xff\xfe":  # UTF-16 BOM
+        return "mp3"
+    return None
+
+
+def _mpeg_sync(b: int) -> bool:
+    """The second byte of an MPEG audio frame header: 3 more sync bits, a version that is not reserved (01) and a
+    layer that is not 00 (ADTS AAC has 00; libsndfile does not read it)."""
+    return b & 0xE0 == 0xE0 and (b >> 3) & 3 != 1 and (b >> 1) & 3 != 0
+
+
+def _read_clip(clip: Clip) -> tuple[np.ndarray, int]:
+    if not clip.data:
+        raise AudioError(f"{clip.name}: empty, no audio")
+    data = _streamed_wav(clip.data) if clip.format == "wav" else clip.data
+    try:
+        x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, MemoryError) as e:
+        what = f"{clip.format.upper()} " if clip.format else ""
+        why = getattr(e, "error_string", "") or _short(e)  # libsndfile's own words, not the BytesIO's repr
+        raise AudioError(f"{clip.name}: cannot decode {what}audio ({why.rstrip('.')})") from None
+    return _checked(Path(clip.name), x, int(sr))
+
+
+def _streamed_wav(data: bytes) -> bytes:
+    """WAV bytes with the RIFF and data chunk sizes set to what is there, when a writer that could not seek back
+    (a pipe: `arecord`, `sox ... -t wav -`) left them 0 or too large; libsndfile reads no samples from a 0."""
+    if data[:4] != b"RIFF" or len(data) < 12:
+        return data
+    pos = 12
+    while pos + 8 <= len(data):
+        tag, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        if tag == b"data":
+            have = len(data) - pos - 8
+            if size == 0 or size > have:
+                out = bytearray(data)
+                out[4:8] = struct.pack("<I", min(len(data) - 8, 0xFFFFFFFF))
+                out[pos + 4 : pos + 8] = struct.pack("<I", min(have - have % 2, 0xFFFFFFFF))
+                return bytes(out)
+            return data
+        pos += 8 + size + (size & 1)
+    return data
+
+
+def read(path: str | Path | Clip) -> tuple[np.ndarray, int]:
+    """Decode `path` (a file, a named pipe, or a `Clip` in memory) to float32 `(samples, channels)` in [-1, 1] and
+    its sample rate (Hz)."""
+    if isinstance(path, Clip):
+        return _read_clip(path)
     path = Path(path)
     if path.is_dir():
         raise AudioError(f"{path}: is a directory, expected an audio file")
     if not path.exists():
         raise AudioError(f"{path}: no such file")
+    if not path.is_file() and path.suffix.lower() not in FFMPEG_SUFFIXES:
+        # a pipe or a device (`/dev/stdin`, `<(arecord ...)`): libsndfile cannot seek in it; read it whole
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise AudioError(f"{path}: cannot read ({e.strerror or e})") from None
+        return _read_clip(Clip(data, str(path), sniff(data[:12])))
     if path.suffix.lower() in LIST_SUFFIXES:
         raise AudioError(f"{path}: is a list file, not audio; a list names audio files, not other lists")
     if path.suffix.lower() in FFMPEG_SUFFIXES:
@@ -56,11 +140,32 @@ def read(path: str | Path) -> tuple[np.ndarray, int]:
 def _checked(path: Path, data: np.ndarray, sr: int) -> tuple[np.ndarray, int]:
     if data.shape[0] == 0:
         raise AudioError(f"{path}: no samples")
-    # float WAV/AIFF/ffmpeg data can hold NaN or Inf; a float64 sum is finite exactly when every sample is
-    # (float32 values cannot overflow it), and needs no whole-signal temporary
-    if not np.isfinite(np.sum(data, dtype=np.float64)):
-        raise AudioError(f"{path}: cannot decode audio (NaN or infinite samples)")
+    check_samples(data, path)
     return data, sr
+
+
+MAX_SAMPLE = 65536.0  # |sample| above this is not audio: float audio lies in [-1, 1], int16-scaled floats in ±32768
+
+
+def check_samples(x: np.ndarray, path: str | Path, offset: int = 0) -> None:
+    """Refuse NaN, infinite or absurd (|x| > MAX_SAMPLE) samples: the one check every reader of audio goes through
+    (`read`, the streamed `features.compute_file`, training crops). `offset`: index of x's first sample in the file.
+
+    Float WAV/AIFF/ffmpeg data can hold any float32; 1e30 overflows the power spectrum to inf and the embedding to
+    NaN. A float64 sum is finite exactly when every sample is (float32 values cannot overflow it); it and max/min
+    need no whole-signal temporary."""
+    if x.size == 0 or x.dtype.kind != "f":
+        return
+    bad = None
+    if not np.isfinite(np.sum(x, dtype=np.float64)):
+        first = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0])  # only on the error path
+        bad = f"NaN or infinite samples, the first at sample {offset + first}"
+    else:
+        peak = max(float(np.max(x)), -float(np.min(x)))
+        if peak > MAX_SAMPLE:
+            bad = f"samples reach {peak:.3g}; audio samples lie in [-1, 1]"
+    if bad is not None:
+        raise AudioError(f"{path}: invalid sample values ({bad}); the file is damaged or not audio")
 
 
 def _short(e: Exception) -> str:

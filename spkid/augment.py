@@ -27,6 +27,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import fftconvolve, resample_poly
 
+from spkid.audio import check_samples
 from spkid.errors import SpkidError
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,7 @@ class NoiseBank:
             raise SpkidError(f"{self.files[i]}: noise file is empty; remove it from noise_files")
         start = int(rng.integers(0, frames - need + 1)) if frames > need else 0
         x, _ = sf.read(str(self.files[i]), start=start, frames=min(need, frames), dtype="float64", always_2d=True)
+        check_samples(x, self.files[i], start)
         x = x.mean(axis=1)
         if len(x) < need:
             x = np.tile(x, int(np.ceil(need / len(x))))[:need]

@@ -117,17 +117,51 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "calibration") -> Calibration:
+        """A stored calibration, every number checked: finite, slope > 0, p_target and rates in [0, 1]; one
+        SpkidError naming `source` otherwise."""
+        if not isinstance(d, dict):
+            raise SpkidError(f"{source}: the calibration must be a JSON object, got {type(d).__name__}")
         try:
+            a = finite_number(d.get("a"), source, "malformed calibration: slope \"a\"")
+            if not a > 0:
+                raise SpkidError(f"{source}: malformed calibration: slope \"a\" must be positive, got {a!r}")
+            thresholds = d.get("thresholds", {})
+            if not isinstance(thresholds, dict):
+                raise SpkidError(f"{source}: malformed calibration: \"thresholds\" must be a JSON object")
             return cls(
-                a=float(d["a"]),
-                b=float(d["b"]),
-                p_target=float(d["p_target"]),
-                thresholds={k: Threshold(float(t["score"]), float(t["far"]), float(t["frr"])) for k, t in d.get("thresholds", {}).items()},
+                a=a,
+                b=finite_number(d.get("b"), source, "malformed calibration: offset \"b\""),
+                p_target=finite_number(d.get("p_target"), source, "malformed calibration: \"p_target\"", 0.0, 1.0, open_=True),
+                thresholds={str(k): _threshold(t, source, str(k)) for k, t in thresholds.items()},
                 fitted_on=dict(d.get("fitted_on", {})),
                 time=str(d.get("time", "")),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (TypeError, ValueError) as e:
             raise SpkidError(f"{source}: malformed calibration ({type(e).__name__}: {e}); refit it with `spkid score --calibrate`") from None
+
+
+def _threshold(t: object, source: str, kind: str) -> Threshold:
+    if not isinstance(t, dict):
+        raise SpkidError(f"{source}: malformed calibration: threshold {kind!r} must be a JSON object")
+    what = f"malformed calibration: threshold {kind!r}"
+    return Threshold(finite_number(t.get("score"), source, f"{what} score"),
+                     finite_number(t.get("far"), source, f"{what} far", 0.0, 1.0),
+                     finite_number(t.get("frr"), source, f"{what} frr", 0.0, 1.0))
+
+
+def finite_number(value: object, source: str, what: str = "threshold", low: float = -math.inf, high: float = math.inf,
+                  open_: bool = False) -> float:
+    """`value` as a float when it is a finite number (not a bool, not a string) in [low, high] ((low, high) with
+    `open_`); else one SpkidError naming `source` and `what`. Every threshold goes through here, wherever it
+    comes from (--threshold, gallery.json, a calibration in a gallery or a model)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        value = float(value)
+        ok = low < value < high if open_ else low <= value <= high
+    if not ok:
+        span = "" if (low, high) == (-math.inf, math.inf) else f" in {'(' if open_ else '['}{low:g}, {high:g}{')' if open_ else ']'}"
+        raise SpkidError(f"{source}: {what} must be a finite number{span}, got {value!r}")
+    return value
 
 
 def effective_prior(p_target: float, c_miss: float = metrics.C_MISS, c_fa: float = metrics.C_FA) -> float:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from spkid.audio import check_samples
 from spkid.augment import AugmentConfig, Augmenter
 from spkid.errors import SpkidError
 from spkid.frontends import Frontend, read_feature_config
@@ -182,6 +183,7 @@ class CropSet:
             need = int(np.ceil(samples_for(self.feats, frames) * speed)) + 1
             start = int(rng.integers(0, u.length - need + 1)) if u.length > need else 0
             wave, _ = sf.read(u.path, start=start, frames=min(need, u.length), dtype="float32")
+            check_samples(wave, u.path, start)
             if self.augment is not None:
                 aug = Augmenter(_without_speed(self.augment), rng)
                 if speed != 1.0:
@@ -223,4 +225,5 @@ def load_utterance(u: Utterance, feats: Frontend, is_feat: bool, max_frames: int
     if is_feat:
         return np.asarray(np.load(u.path, mmap_mode="r", allow_pickle=False)[:max_frames], dtype=np.float32)
     wave, _ = sf.read(u.path, frames=min(u.length, samples_for(feats, max_frames)), dtype="float32")
+    check_samples(wave, u.path)
     return feats.compute(feats.prepare(wave))[:max_frames]

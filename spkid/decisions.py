@@ -8,17 +8,19 @@ A threshold comes from (`choose_threshold`): --threshold, else the gallery's fix
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from spkid import gallery, search
-from spkid.calibration import Calibration
+from spkid.calibration import Calibration, finite_number
 from spkid.errors import SpkidError
-from spkid.scoring import AS_NORM_TOP_N, cohort_stats, unit
-from spkid.trials import UNKNOWN, IdRecord
+from spkid.scoring import AS_NORM_TOP_N, as_norm, as_norm_pair, cohort_stats, unit
+from spkid.trials import UNKNOWN, IdRecord, Trials
+from spkid.utterance import MIN_SPEECH_S, Quality
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +53,20 @@ def choose_threshold(threshold: float | None, g: gallery.Gallery | None, model_c
     the model named `model_label`). `point` picks the calibrated threshold ("eer", "min_dcf", "bayes", "far");
     `cohort`: the scores are AS-normed, so a threshold chosen on raw scores earns a warning."""
     if threshold is not None:
-        return ThresholdChoice(threshold, "--threshold")
+        return ThresholdChoice(finite_number(threshold, "--threshold", "the threshold"), "--threshold")
     choice = None
     if g is not None:
+        # from the gallery as loaded: re-reading gallery.json could meet a newer version than the arrays
+        where = f"{g.path}/gallery.json"
         fixed = g.meta.get("threshold")
-        if isinstance(fixed, dict) and isinstance(fixed.get("score"), (int, float)):
-            choice = ThresholdChoice(float(fixed["score"]), f"{g.path}/gallery.json (set by {fixed.get('source', 'enroll')})")
+        if fixed is not None:
+            if not isinstance(fixed, dict):
+                raise SpkidError(f"{where}: \"threshold\" must be a JSON object {{\"score\": ...}}, got {fixed!r}"[:300])
+            score = finite_number(fixed.get("score"), where, "the stored threshold \"score\"")
+            choice = ThresholdChoice(score, f"{where} (set by {fixed.get('source', 'enroll')})")
         elif g.meta.get("calibration") is not None:
-            cal = gallery.load_calibration(g.path)
-            choice = _from_calibration(cal, point, f"the calibration in {g.path}/gallery.json")
+            cal = Calibration.from_dict(g.meta["calibration"], where)
+            choice = _from_calibration(cal, point, f"the calibration in {where}")
     if choice is None and model_cal is not None:
         choice = _from_calibration(model_cal, point, f"the calibration in model {model_label}")
     if choice is None:
@@ -76,6 +83,30 @@ def _from_calibration(cal: Calibration, point: str, where: str) -> ThresholdChoi
     n = cal.fitted_on
     trials = f", fitted on {n['n_target']} target / {n['n_nontarget']} non-target trials" if "n_target" in n else ""
     return ThresholdChoice(t.score, f"{where} ({kind} point{trials})", t.far, t.frr)
+
+
+def require_speech(name: str, quality: Quality | Mapping | None, min_s: float = MIN_SPEECH_S,
+                   purpose: str = "identification", hint: str = "--min-speech") -> None:
+    """The speech gate of every command that makes or stores a decision (verify, identify, enroll), for audio
+    and embedding inputs alike: refuse an item whose VAD found less than `min_s` seconds of speech, with one
+    line naming it and the seconds found. `quality`: a `utterance.Quality`, or its `to_dict()` record as an
+    embedding stream carries it (`npyio.Embeddings.quality`); None (a stream without records) and items whose
+    speech was not measured (--no-vad, feature files) pass: --no-vad is the explicit way to score everything."""
+    if quality is None:
+        return
+    q = quality if isinstance(quality, Quality) else Quality.from_dict(quality, f"{name}: quality record")
+    if not q.vad or (not q.no_speech and q.speech_seconds >= min_s):
+        return
+    found = "only 0.00 s of speech (the VAD found none)" if q.no_speech else f"only {q.speech_seconds:.2f} s of speech"
+    raise SpkidError(f"{name}: {found} in {q.seconds:.2f} s of audio; {purpose} needs at least {min_s:g} s of "
+                     f"speech ({hint}; --no-vad uses the whole file)")
+
+
+def quality_json(quality: Quality | Mapping | None) -> dict | None:
+    """The quality record for JSON outputs (`Quality.to_dict()`), None when there is none."""
+    if quality is None:
+        return None
+    return quality.to_dict() if isinstance(quality, Quality) else dict(quality)
 
 
 def check_cohort(values: np.ndarray, found_sha256: str | None, sha256: str, source: str) -> np.ndarray:
@@ -116,7 +147,8 @@ def as_norm_stats(g: gallery.Gallery, queries: np.ndarray, cohort: np.ndarray) -
 
 
 def identify_records(keys: Sequence[str], labels: Sequence[str | None], speakers: Sequence[str], idx: np.ndarray,
-                     scores: np.ndarray, top_k: int, threshold: float | None) -> list[IdRecord]:
+                     scores: np.ndarray, top_k: int, threshold: float | None,
+                     quality: Sequence[dict | None] | None = None) -> list[IdRecord]:
     """One record per query from `rank`'s rows `idx` and `scores` `(Q, k)`: the `top_k` candidates, the margin of
     the best over the second best (None with one column), and the decision: the best speaker, or UNKNOWN when its
     score is below `threshold` (every query gets its best speaker without one). A label is `enrolled` when it
@@ -131,5 +163,92 @@ def identify_records(keys: Sequence[str], labels: Sequence[str | None], speakers
         k = min(top_k, len(names))
         top = [(n, float(s)) for n, s in zip(names[:k], scores[i, :k])]
         label = labels[i]
-        out.append(IdRecord(key, label, top, label is not None and label in known, decision, threshold, margin))
+        out.append(IdRecord(key, label, top, label is not None and label in known, decision, threshold, margin,
+                            None if quality is None else quality[i]))
     return out
+
+
+@dataclass
+class VerifyResult:
+    """One verification trial: who against what, the score and the threshold it was decided with."""
+
+    enroll: str
+    test: str
+    score: float
+    threshold: ThresholdChoice
+    as_norm: bool
+    model_sha256: str
+    quality: dict | None = None  # {"enroll": record or None (a gallery speaker), "test": record}: what the VAD found
+
+    @property
+    def accepted(self) -> bool | None:
+        return None if self.threshold.score is None else self.score >= self.threshold.score
+
+    @property
+    def decision(self) -> str | None:
+        return None if self.accepted is None else ("accept" if self.accepted else "reject")
+
+    def to_text(self) -> str:
+        """`SCORE<TAB>accept|reject`, or the score alone without a threshold."""
+        return f"{self.score:.6f}\t{self.decision}" if self.decision else f"{self.score:.6f}"
+
+    def to_json(self) -> str:
+        return json.dumps({"enroll": self.enroll, "test": self.test, "score": self.score, "decision": self.decision,
+                           **self.threshold.to_json(), "as_norm": self.as_norm, "model_sha256": self.model_sha256,
+                           "quality": self.quality})
+
+
+def pair_score(enroll: np.ndarray, test: np.ndarray, cohort: np.ndarray | None = None) -> float:
+    """Cosine of two unit embeddings `(D,)`, AS-normed against `cohort` `(C, D)` when given."""
+    score = float(enroll @ test)
+    return score if cohort is None else as_norm_pair(score, enroll, test, cohort, AS_NORM_TOP_N)
+
+
+def claim_score(g: gallery.Gallery, speaker: str, test: np.ndarray, score_by: str, cohort: np.ndarray | None = None) -> float:
+    """Score of a unit embedding `(D,)` against the enrolled `speaker` of `g` (see `speaker_scores`), AS-normed
+    against `cohort` when given."""
+    row = g.index(speaker)
+    score = float(speaker_scores(g, np.array([row]), test[None, :], score_by)[0])
+    return score if cohort is None else as_norm_pair(score, np.asarray(g.embeddings[row]), test, cohort, AS_NORM_TOP_N)
+
+
+def vectors_for(files: Sequence[str], keys: np.ndarray, values: np.ndarray, rooted: Callable[[str], str], source: str,
+                trials_source: str, skipped: set[str] = frozenset()) -> dict[str, np.ndarray]:
+    """The unit embedding of every trials file name, looked up among `keys` as written or as `rooted(name)`; every
+    name must have one, unless it is among the `skipped` keys (`source`: the embeddings file, `trials_source`: the
+    trials file, for the message)."""
+    index = {str(k): i for i, k in enumerate(keys)}
+    files = [f for f in files if f not in skipped and rooted(f) not in skipped]
+    absent = [f for f in files if f not in index and rooted(f) not in index]
+    if absent:
+        raise SpkidError(f"{source}: no embedding for {len(absent)} of the {len(files)} files in {trials_source}, "
+                         f"e.g. {absent[0]!r}; embed them first")
+    return {f: unit(values[index.get(f, index.get(rooted(f)))], np.float32) for f in files}
+
+
+def score_trials(t: Trials, vec: Mapping[str, np.ndarray], g: gallery.Gallery | None, score_by: str,
+                 cohort: np.ndarray | None = None) -> tuple[list[int], np.ndarray]:
+    """Scores of the trials whose embeddings are in `vec` (file name -> unit embedding); with `g`, the enroll
+    side names speakers of the gallery. Returns the indices of the scored trials and their scores."""
+    kept = [i for i in range(len(t.enroll)) if t.test[i] in vec and (g is not None or t.enroll[i] in vec)]
+    if not kept:
+        raise SpkidError("no trial left to score: every trial's files were skipped")
+    test = np.stack([vec[t.test[i]] for i in kept])
+    if g is not None:
+        rows = np.array([g.index(t.enroll[i]) for i in kept])
+        enroll_m = np.asarray(g.embeddings[rows])
+        scores = speaker_scores(g, rows, test, score_by)
+    else:
+        enroll_m = np.stack([vec[t.enroll[i]] for i in kept])
+        scores = np.einsum("nd,nd->n", enroll_m, test).astype(np.float64)
+    if cohort is not None:
+        scores = as_norm(scores, enroll_m, test, cohort, AS_NORM_TOP_N)
+    return kept, scores
+
+
+def name_windows(speakers: Sequence[str], idx: np.ndarray, scores: np.ndarray,
+                 threshold: float | None) -> tuple[list[str | None], np.ndarray]:
+    """Each window's speaker from `rank`'s best column (None when below `threshold`) and its best score."""
+    best = scores[:, 0].astype(np.float64)
+    named = [speakers[i] if threshold is None or s >= threshold else None for i, s in zip(idx[:, 0], best)]
+    return named, best

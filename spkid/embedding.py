@@ -10,16 +10,20 @@ L2-normalised window embeddings (resemblyzer's `embed_utterance`).
     >>> emb = embedding.Embedder.from_model("model.pt")     # or "resemblyzer"
     >>> e = emb.embed_signals([x1, x2], 16000)               # (2, D) float32, unit rows
 
-A model file is read once: `resolve_model` reads it and computes its identity (`modelfile.fingerprint`), and the
+A model file is read once: `resolve_model` reads it with its stored identity (`modelfile.identity`), and the
 `ModelRef` carries the spec (calibration included) and hands the weights on to `Embedder.from_model`.
-torch is imported only when a network is loaded.
+
+Two backends run the network (`backend=`): "onnx", onnxruntime on the model's ONNX form (`spkid.onnxnet`; torch is
+never imported), and "torch". "auto" takes the ONNX form when the model has one: a `.onnx` file named directly
+(written by `spkid export`), or `X.onnx` beside the model file `X.pt` holding the same model (the identities stored
+in both agree; they are read without torch). The bundled model ships both forms.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,13 +41,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "default_model.pt"
+BACKENDS = ("auto", "torch", "onnx")
 BATCH_SIZE = 64  # windows per forward pass
 FILES_PER_GROUP = 64  # files prepared together by `embed_files`
 
 
 @dataclass
 class ModelRef:
-    """Which model: `label` as the user named it, `path` of its weights, `sha256` its identity, `spec` its config.
+    """Which model: `label` as the user named it, `path` of its file, `sha256` its identity, `spec` its config,
+    `onnx` the ONNX file that runs it (None: torch runs the weights of `path`).
 
     `state` holds the weights read with the spec until `weights()` hands them over (to the network), so one
     command reads a model file once (`modelfile.model_calibration` reads the calibration from `spec`).
@@ -55,6 +61,11 @@ class ModelRef:
     pretrained: bool = False
     spec: ModelSpec | None = field(default=None, repr=False, compare=False)
     state: dict | None = field(default=None, repr=False, compare=False)
+    onnx: Path | None = None
+
+    @property
+    def backend(self) -> str:
+        return "torch" if self.onnx is None else "onnx"
 
     def weights(self) -> tuple[ModelSpec, dict]:
         """(spec, state_dict), handed over once; a second call reads the file again."""
@@ -66,17 +77,23 @@ class ModelRef:
         return self.spec, state
 
 
-def resolve_model(arg: str | None) -> ModelRef:
-    """`--model` -> ModelRef: a file, `resemblyzer`, or None for the bundled model. A file is read here (spec and
-    weights, to fingerprint them: `modelfile.fingerprint`) and not again."""
+def resolve_model(arg: str | None, backend: str = "auto") -> ModelRef:
+    """`--model` -> ModelRef: a model file, an ONNX file, `resemblyzer`, or None for the bundled model, to be run by
+    `backend` (auto | torch | onnx; see the module docstring). A model file run by torch is read here (spec and
+    weights) and not again; an ONNX form's record is read without torch."""
     from spkid import pretrained
 
+    if backend not in BACKENDS:
+        raise SpkidError(f"unknown backend {backend!r}; choose from: {', '.join(BACKENDS)}")
     if arg is None or arg == "":
         if not DEFAULT_MODEL.is_file():
             raise SpkidError(f"no bundled model is installed ({DEFAULT_MODEL} is missing); pass --model FILE "
                              "(a `spkid train` output) or --model resemblyzer")
-        return _read("default", DEFAULT_MODEL)
+        return _read("default", DEFAULT_MODEL, backend)
     if arg == pretrained.NAME:
+        if backend == "onnx":
+            raise SpkidError(f"--model {arg} --backend onnx: write its ONNX form first (`spkid export {arg} -o "
+                             f"ge2e.onnx`) and pass --model ge2e.onnx")
         path = pretrained.weights_path()
         return ModelRef(arg, path, pretrained.sha256(), pretrained=True, spec=pretrained.spec())
     p = Path(arg)
@@ -84,33 +101,73 @@ def resolve_model(arg: str | None) -> ModelRef:
         raise SpkidError(f"{arg}: is a directory, expected a model file")
     if not p.is_file():
         raise SpkidError(f"{arg}: no such model file (give a `spkid train` output, or `resemblyzer`)")
-    return _read(arg, p)
+    return _read(arg, p, backend)
 
 
-def _read(label: str, path: Path) -> ModelRef:
-    from spkid import modelfile
+def _read(label: str, path: Path, backend: str) -> ModelRef:
+    from spkid import modelfile, onnxnet
 
+    if path.suffix.lower() == ".onnx":
+        meta = onnxnet.read_meta(path)
+        if backend != "torch":
+            return ModelRef(label, path, meta.sha256, spec=meta.spec, onnx=path)
+        pt = path.with_suffix(".pt")
+        head = modelfile.header(pt) if pt.is_file() else None
+        if head is None or head[1] != meta.sha256:
+            raise SpkidError(f"{label} --backend torch: torch runs the model file it was exported from, expected "
+                             f"beside it as {pt.name} (the same model); pass that file instead")
+        path = pt
+    elif backend != "torch":
+        onnx, why = _onnx_form(label, path)
+        if onnx is not None:
+            return onnx
+        if backend == "onnx":
+            raise SpkidError(f"{label} --backend onnx: {why}; write it with `spkid export {label} -o "
+                             f"{path.with_suffix('.onnx')}`")
+        log.debug("%s: runs on torch (%s)", label, why)
     spec, state = modelfile.read(path)
-    return ModelRef(label, path, modelfile.fingerprint(spec, state), spec=spec, state=state)
+    return ModelRef(label, path, modelfile.identity(path, spec, state), spec=spec, state=state)
 
 
-def model_for_gallery(model: str | None, g: Gallery | None) -> ModelRef:
+def _onnx_form(label: str, path: Path) -> tuple[ModelRef | None, str]:
+    """The ModelRef that runs model file `path` on its ONNX form `X.onnx` beside it, when that is the same model
+    (identities stored in both, read without torch), with the model file's spec (its calibration may be newer);
+    else None and why not."""
+    from spkid import modelfile, onnxnet
+
+    sibling = path.with_suffix(".onnx")
+    if not sibling.is_file():
+        return None, f"no ONNX form {sibling.name} beside it"
+    head = modelfile.header(path)
+    if head is None:
+        return None, "the model file stores no identity (an older spkid wrote it); write it again to use its ONNX form"
+    try:
+        meta = onnxnet.read_meta(sibling)
+    except SpkidError as e:
+        log.warning("%s: not used (%s)", sibling, e)
+        return None, f"{sibling.name} is not a usable ONNX form"
+    if meta.sha256 != head[1]:
+        return None, f"{sibling.name} is another model (identity {meta.sha256[:12]}..., the model's {head[1][:12]}...)"
+    return ModelRef(label, path, head[1], spec=head[0], onnx=sibling), ""
+
+
+def model_for_gallery(model: str | None, g: Gallery | None, backend: str = "auto") -> ModelRef:
     """The model to embed audio with for gallery `g`: `model` (--model), else the one the gallery records (a file
     that still exists, or resemblyzer), else the bundled model; refused when its sha256 is not the gallery's."""
     from spkid import gallery
 
     if model is not None or g is None:
-        ref = resolve_model(model)
+        ref = resolve_model(model, backend)
     else:
         rec = g.meta.get("model") or {}
         path = rec.get("path")
         if rec.get("label") == "resemblyzer":
-            ref = resolve_model("resemblyzer")
+            ref = resolve_model("resemblyzer", backend)
         elif path and Path(path).is_file():
-            ref = resolve_model(path)
+            ref = resolve_model(path, backend)
         else:
             try:
-                ref = resolve_model(None)
+                ref = resolve_model(None, backend)
             except SpkidError:
                 raise SpkidError(f"{g.path} was built with model {rec.get('label') or path!r}, which is not found; "
                                  "pass --model FILE (the same model)") from None
@@ -131,7 +188,9 @@ def choose_device(device: str) -> str:
 
 @dataclass
 class Embedder:
-    """A loaded network plus its `Preparer`; `embed_prepared` runs windows of many utterances in batches."""
+    """A loaded network plus its `Preparer`; `embed_prepared` runs windows of many utterances in batches.
+
+    `net`: a torch module, or an `onnxnet.OnnxNet` (`model.backend == "onnx"`); both have `embed_dim`."""
 
     net: Any
     spec: Any  # modelfile.ModelSpec
@@ -151,26 +210,41 @@ class Embedder:
         hop_s: float | None = None,
         batch_size: int = BATCH_SIZE,
         threads: int = 0,
+        backend: str = "auto",
+        jobs: int = 1,
     ) -> Embedder:
-        """Load a model (a file, `resemblyzer`, the bundled model for None, or a `ModelRef`, whose weights it takes)
-        for inference. `window_s`/`hop_s` override the model's windows (window 0: the whole utterance)."""
-        import torch
-
+        """Load a model (a file, an ONNX file, `resemblyzer`, the bundled model for None, or a `ModelRef`, whose
+        weights it takes) for inference on `backend` (auto | torch | onnx; a ModelRef was resolved with one).
+        `window_s`/`hop_s` override the model's windows (window 0: the whole utterance). `threads`: CPU threads of
+        the network (0: torch's default; onnxruntime: the cores shared among `jobs` parallel workers)."""
         from spkid import modelfile, pretrained
 
         if window_s is not None and window_s < 0:
             raise SpkidError(f"--window must be >= 0 seconds, got {window_s}")
         if batch_size < 1:
             raise SpkidError(f"batch size must be >= 1, got {batch_size}")
-        if threads > 0:
-            torch.set_num_threads(threads)
-        ref = model if isinstance(model, ModelRef) else resolve_model(model)
-        dev = choose_device(device)
-        if ref.pretrained:
-            net, spec = pretrained.load(dev)
+        ref = model if isinstance(model, ModelRef) else resolve_model(model, backend)
+        if ref.onnx is not None and device == "cuda" and backend == "auto" and ref.path.suffix != ".onnx":
+            from spkid.onnxnet import has_cuda
+
+            if not has_cuda():  # this onnxruntime runs on the CPU only: torch runs the model file on the GPU
+                ref = replace(resolve_model(str(ref.path), "torch"), label=ref.label)
+        if ref.onnx is not None:
+            from spkid.onnxnet import OnnxNet
+
+            net = OnnxNet(ref.onnx, threads, jobs, device)
+            spec, dev = ref.spec, net.device
         else:
-            spec, state = ref.weights()
-            net = modelfile.build(spec, state, ref.path, dev)
+            if threads > 0:
+                import torch
+
+                torch.set_num_threads(threads)
+            dev = choose_device(device)
+            if ref.pretrained:
+                net, spec = pretrained.load(dev)
+            else:
+                spec, state = ref.weights()
+                net = modelfile.build(spec, state, ref.path, dev)
         front = frontend(spec.features, str(ref.path))
         cfg = EmbedConfig.from_dict(spec.embedding, str(ref.path), window_s=window_s, hop_s=hop_s)
         return cls(net, spec, ref, Preparer(front, cfg, use_vad), dev, batch_size)
@@ -183,6 +257,9 @@ class Embedder:
 
     def forward(self, windows: np.ndarray) -> np.ndarray:
         """Network outputs `(n, D)` float32 of equal-length windows `(n, length, dims)`, `batch_size` at a time."""
+        if self.model.onnx is not None:
+            out = [self.net(windows[a : a + self.batch_size]) for a in range(0, len(windows), self.batch_size)]
+            return np.concatenate(out) if out else np.zeros((0, self.net.embed_dim), np.float32)
         import torch
 
         out = []

@@ -1,4 +1,5 @@
-"""The one exception type the CLI turns into `spkid <cmd>: error: ...` with exit code 1, and Ctrl-C bookkeeping."""
+"""The exception types the CLI turns into `spkid <cmd>: error: ...` (exit 1; a UsageError exits 2), and Ctrl-C
+bookkeeping."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ import threading
 
 class SpkidError(Exception):
     """A runtime failure the user can act on: the message names the file and the problem."""
+
+
+class UsageError(SpkidError):
+    """A mistake in how the command was called (options that do not go together): exit code 2, like typer's own."""
 
 
 _interrupted = False

@@ -328,10 +328,10 @@ class _Plan:
 
     def _block(self, frames: np.ndarray, out: np.ndarray, fbuf: np.ndarray | None) -> None:
         """Features of `frames` `(b, nfft)` (pre-emphasised, windowed, zero-padded) into `out` `(b, dims)`."""
-        from scipy.fft import rfft
+        from spkid.fft import rfft
 
         cfg = self.cfg
-        v = rfft(frames, axis=1, workers=1).view(np.float32)  # (b, 2 * nbins): re, im interleaved
+        v = rfft(frames, axis=1).view(np.float32)  # (b, 2 * nbins): re, im interleaved
         np.square(v, out=v)  # re^2, im^2: summing pairs is |X|^2
         if cfg.kind in ("fbank", "mfcc"):
             mel = out[:, : cfg.n_filters] if fbuf is None else fbuf
@@ -459,8 +459,11 @@ def _stream(f: Any, cfg: FeatureConfig) -> np.ndarray:
     out = np.empty((total, cfg.dims), np.float32)
     buf = np.empty(0, np.float32)
     x0 = done = 0
+    from spkid.audio import check_samples
+
     while done < total:
         chunk = f.read(READ_SAMPLES, dtype="float32")
+        check_samples(chunk, f.name, x0 + len(buf))
         buf = np.concatenate([buf, chunk]) if len(buf) else chunk
         end = x0 + len(buf)
         if len(chunk) == 0 and end < n:  # the header promised more samples than the file holds

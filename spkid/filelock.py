@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from spkid.errors import SpkidError
-from spkid.fileio import clean_leftovers
+from spkid.fileio import make_dirs, remove_empty_dirs
+from spkid.folders import clean_leftovers, real_path
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,11 @@ class GalleryLock:
     """
 
     def __init__(self, gallery: str | Path, wait_s: float = LOCK_WAIT_S) -> None:
-        dst = Path(gallery)
+        dst = real_path(gallery)  # one lock whether the folder is named through a symlink or not
         self.path = dst.parent / f".{dst.name}.lock"
         self.wait_s = wait_s
         self.fd: int | None = None
+        self.created: list[Path] = []
 
     def __enter__(self) -> GalleryLock:
         self.acquire()
@@ -41,7 +43,7 @@ class GalleryLock:
         self.release()
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.created = make_dirs(self.path.parent)  # removed again by `release` where still empty (a failed enroll)
         deadline = time.monotonic() + self.wait_s
         told = False
         while True:
@@ -62,6 +64,8 @@ class GalleryLock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
         except FileExistsError:
             return self._take_over_if_stale()
+        except OSError as e:  # a read-only or foreign folder: the gallery could not be written either
+            raise SpkidError(f"{self.path}: cannot create the gallery's lock file ({e.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # someone judged it stale between our create and flock: they hold it now
@@ -109,6 +113,7 @@ class GalleryLock:
             os.unlink(self.path)
         os.close(self.fd)
         self.fd = None
+        remove_empty_dirs(self.created)
 
 
 def _read_fd(fd: int) -> str:
@@ -143,7 +148,7 @@ def _describe(info: str) -> str:
 
 @contextlib.contextmanager
 def locked(gallery: str | Path, wait_s: float = LOCK_WAIT_S, complete: str = "gallery.json") -> Iterator[None]:
-    """Hold the gallery's writer lock and tidy what crashed writers left behind (`fileio.clean_leftovers`; a
+    """Hold the gallery's writer lock and tidy what crashed writers left behind (`folders.clean_leftovers`; a
     folder is complete when it holds the file `complete`)."""
     with GalleryLock(gallery, wait_s):
         clean_leftovers(Path(gallery), complete)

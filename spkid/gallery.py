@@ -31,13 +31,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from spkid import fileio
-from spkid.calibration import Calibration
+from spkid import fileio, filelock, folders, npyio
+from spkid.calibration import Calibration, finite_number
 from spkid.errors import SpkidError
-from spkid.lists import split_lines
+from spkid.lists import decode_text, loads_json, name_key, nfc, printable, split_lines
 from spkid.scoring import unit
 
 log = logging.getLogger(__name__)
@@ -83,15 +84,19 @@ class Gallery:
         return (self.meta.get("model") or {}).get("sha256")
 
     def index(self, name: str) -> int:
+        """The row of speaker `name` (NFC-normalised, as names are stored)."""
         try:
-            return self._lookup()[name]
+            return self._lookup()[nfc(name)]
         except KeyError:
-            raise SpkidError(f"{self.path}: no speaker {name!r} enrolled ({len(self.speakers)} speakers; "
+            raise SpkidError(f"{self.path}: no speaker {printable(name)!r} enrolled ({len(self.speakers)} speakers; "
                              "`spkid enroll -g DIR --list` lists them)") from None
+
+    def __contains__(self, name: str) -> bool:
+        return nfc(name) in self._lookup()
 
     def _lookup(self) -> dict[str, int]:
         if not hasattr(self, "_names"):
-            self._names = {s: i for i, s in enumerate(self.speakers)}
+            self._names = {nfc(s): i for i, s in enumerate(self.speakers)}
         return self._names
 
     def rows_of(self, i: int) -> np.ndarray:
@@ -111,65 +116,165 @@ def empty(dim: int, meta: dict) -> Gallery:
 
 
 def exists(path: str | Path) -> bool:
-    return (Path(path) / "gallery.json").is_file() or fileio.leftover_old(Path(path), "gallery.json") is not None
+    return (Path(path) / "gallery.json").is_file() or folders.leftover_old(Path(path), "gallery.json") is not None
+
+
+ARRAYS = {  # file: (dtype, shape in terms of S speakers, D dims, N enrolment embeddings)
+    "embeddings.npy": (np.float32, ("S", "D")),
+    "sums.npy": (np.float32, ("S", "D")),
+    "counts.npy": (np.int64, ("S",)),
+    "seconds.npy": (np.float64, ("S",)),
+    "all_embeddings.npy": (np.float32, ("N", "D")),
+    "all_index.npy": (np.int64, ("N",)),
+}
+FILES = ("gallery.json", "speakers.txt", *ARRAYS)
+MAPPED = {"embeddings.npy", "sums.npy", "all_embeddings.npy"}  # the large ones, memory-mapped
+MAX_TEXT_BYTES = 1 << 30  # speakers.txt / gallery.json read whole: a gigabyte is no gallery
+CHECK_ROWS = 1 << 16  # rows per block of the finiteness check of memory-mapped arrays
 
 
 def load(path: str | Path, mmap: bool = True) -> Gallery:
-    """Read a gallery folder; `mmap` maps the large arrays read-only instead of reading them."""
+    """Read a gallery folder; `mmap` maps the large arrays read-only instead of reading them.
+
+    One version, even while `spkid enroll` swaps a new one into place (`folders.read_snapshot`). Every file is
+    checked (dtype, shape, finite values, speakers consistent); a damaged gallery is one SpkidError saying what
+    is wrong.
+    """
     p = Path(path)
+    folder = p
     if not (p / "gallery.json").is_file():
-        old = fileio.leftover_old(p, "gallery.json")
+        old = folders.leftover_old(p, "gallery.json")
         if old is not None:  # a crash between the two renames of a non-Linux swap: the old gallery is intact
             log.warning("%s: missing, reading %s (an interrupted update); the next `spkid enroll` restores it", p, old)
-            p = old
+            folder = old
         elif p.is_dir():
-            raise SpkidError(f"{path}: not a gallery folder (no gallery.json); build one with `spkid enroll -g {path}`")
-        else:
+            raise SpkidError(f"{path}: not a gallery folder (no gallery.json); build one with `spkid enroll LIST -g {path}`")
+        elif not p.exists():
             raise SpkidError(f"{path}: no such gallery folder; build one with `spkid enroll LIST -g {path}`")
-    try:
-        meta = json.loads((p / "gallery.json").read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise SpkidError(f"{p / 'gallery.json'}: not valid JSON ({e})") from None
+    return folders.read_snapshot(folder, FILES, lambda files, moved: _read(folder, p, files, mmap, moved))
+
+
+def _damaged(folder: Path, name: str | None, detail: str) -> SpkidError:
+    return SpkidError(f"{folder / name if name else folder}: {detail}; the gallery {folder} is damaged (spkid writes galleries whole: was "
+                      "the folder changed by another program, or copied in part? A backup copy restores it)")
+
+
+def _read(folder: Path, path: Path, files: dict[str, BinaryIO], mmap: bool, moved) -> Gallery:
+    def text(name: str) -> str:
+        data = files[name].read(MAX_TEXT_BYTES + 1)
+        if len(data) > MAX_TEXT_BYTES:
+            raise _damaged(folder, name, f"over {MAX_TEXT_BYTES >> 20} MB")
+        return decode_text(data, str(folder / name), "gallery text")
+
+    if "gallery.json" not in files:
+        if moved():
+            raise folders.Swapped
+        raise _damaged(folder, None, "gallery.json is missing")
+    meta = loads_json(text("gallery.json"), str(folder / "gallery.json"))
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
-        raise SpkidError(f"{p / 'gallery.json'}: unknown gallery format {found!r}; this spkid reads {FORMAT!r}")
-    mode = "r" if mmap else None
-    try:
-        speakers = split_lines((p / "speakers.txt").read_text(encoding="utf-8"))
-        emb = _npy(p / "embeddings.npy", mode)
-        counts = _npy(p / "counts.npy", None)
-        sums = _npy(p / "sums.npy", mode)
-        seconds = _npy(p / "seconds.npy", None)
-        all_emb = all_idx = None
-        if meta.get("aggregation") == "all":
-            all_emb = _npy(p / "all_embeddings.npy", mode)
-            all_idx = _npy(p / "all_index.npy", None)
-    except FileNotFoundError as e:
-        raise SpkidError(f"{p}: incomplete gallery ({Path(e.filename).name} is missing); rebuild it with `spkid enroll`") from None
-    s = len(speakers)
-    ok = (emb.ndim == 2 and emb.shape[0] == s and emb.dtype == np.float32 and counts.shape == (s,) and sums.shape == emb.shape
-          and seconds.shape == (s,))
-    if all_emb is not None:
-        ok = ok and all_emb.ndim == 2 and all_emb.shape[1] == emb.shape[1] and all_idx.shape == (all_emb.shape[0],)
-    if not ok:
-        raise SpkidError(f"{p}: inconsistent gallery files (speakers.txt has {s} names, embeddings {emb.shape}); "
-                         "rebuild it with `spkid enroll`")
-    return Gallery(speakers, emb, counts, sums, seconds, meta, all_emb, all_idx, Path(path))
+        raise SpkidError(f"{folder / 'gallery.json'}: unknown gallery format {found!r}; this spkid reads {FORMAT!r}")
+    aggregation = meta.get("aggregation", "mean")
+    if aggregation not in AGGREGATIONS:
+        raise _damaged(folder, "gallery.json", f"aggregation {aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
+    need = ["speakers.txt", "embeddings.npy", "sums.npy", "counts.npy", "seconds.npy"]
+    if aggregation == "all":
+        need += ["all_embeddings.npy", "all_index.npy"]
+    missing = [n for n in need if n not in files]
+    if missing:
+        if moved():
+            raise folders.Swapped
+        raise _damaged(folder, None, f"incomplete gallery ({missing[0]} is missing)")
+    speakers = split_lines(text("speakers.txt"))
+    arrays = {}
+    for n in need[1:]:
+        try:
+            arrays[n] = npyio.read_npy_file(files[n], n, mmap and n in MAPPED)
+        except SpkidError as e:
+            raise _damaged(folder, n, f"unreadable ({str(e).removeprefix(f'{n}: ')})") from None
+    _check_arrays(folder, speakers, arrays)
+    _check_speakers(folder, speakers)
+    return Gallery(speakers, arrays["embeddings.npy"], arrays["counts.npy"], arrays["sums.npy"], arrays["seconds.npy"],
+                   meta, arrays.get("all_embeddings.npy"), arrays.get("all_index.npy"), path)
 
 
-def _npy(path: Path, mmap_mode: str | None) -> np.ndarray:
-    try:
-        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
-    except ValueError as e:
-        raise SpkidError(f"{path}: unreadable ({e})") from None
+def _check_arrays(folder: Path, speakers: list[str], arrays: dict[str, np.ndarray]) -> None:
+    emb = arrays["embeddings.npy"]
+    dims = {"S": len(speakers), "D": emb.shape[1] if emb.ndim == 2 else -1,
+            "N": len(arrays["all_index.npy"]) if "all_index.npy" in arrays and arrays["all_index.npy"].ndim == 1 else -1}
+    for name, a in arrays.items():
+        dtype, shape = ARRAYS[name]
+        want = tuple(dims[s] for s in shape)
+        if a.dtype != dtype or a.shape != want or (name == "embeddings.npy" and a.ndim == 2 and a.shape[1] == 0):
+            raise _damaged(folder, name, f"holds {a.dtype} {a.shape}, expected {np.dtype(dtype)} {want} "
+                                   f"({len(speakers)} speakers in speakers.txt)")
+        bad = _first_bad(a, name)
+        if bad is not None:
+            raise _damaged(folder, name, bad)
+    if "all_index.npy" in arrays:
+        idx = np.asarray(arrays["all_index.npy"])
+        if len(idx) and (idx.max() >= len(speakers) or (np.diff(idx) < 0).any()):
+            raise _damaged(folder, "all_index.npy", "speaker rows out of range or not in order")
+        if not np.array_equal(np.bincount(idx, minlength=len(speakers)), np.asarray(arrays["counts.npy"])):
+            raise _damaged(folder, "all_index.npy", "does not match counts.npy")
+
+
+def _first_bad(a: np.ndarray, name: str) -> str | None:
+    """What is wrong with the values of `a` (checked in blocks of rows: `a` may be a large memory map), or None.
+    Floats must be finite (seconds.npy: NaN is "unknown", and no value is negative); counts are at least 1,
+    speaker rows at least 0."""
+    for r in range(0, len(a), CHECK_ROWS):
+        block = np.asarray(a[r : r + CHECK_ROWS]).reshape(min(CHECK_ROWS, len(a) - r), -1)
+        if name == "seconds.npy":
+            bad = np.isinf(block) | (block < 0)
+        elif block.dtype.kind == "f":
+            bad = ~np.isfinite(block)
+        else:
+            bad = block < (1 if name == "counts.npy" else 0)
+        rows = np.flatnonzero(bad.any(axis=1))
+        if len(rows):
+            return f"invalid value {block[rows[0]][bad[rows[0]]][0]} at row {r + int(rows[0])}"
+    return None
+
+
+def _check_speakers(folder: Path, speakers: list[str]) -> None:
+    """Every name valid and no two the same (NFC); the per-name `check_name` only where a fast test fails (a
+    gallery of 200 k speakers is checked in about 0.1 s)."""
+    keys = [nfc(s) for s in speakers]
+    for i, s in enumerate(speakers):
+        if not s or s != s.strip() or "\t" in s or keys[i] == RESERVED:
+            try:
+                check_name(s)
+            except SpkidError as e:
+                raise _damaged(folder, "speakers.txt", f"line {i + 1}: {e}") from None
+    if len(set(keys)) < len(keys):
+        seen: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            if k in seen:
+                raise _damaged(folder, "speakers.txt", f"names {printable(k)!r} twice (lines {seen[k] + 1} and {i + 1})")
+            seen[k] = i
 
 
 def check_name(name: str) -> str:
+    """A valid speaker name in its stored form (NFC), else SpkidError."""
     if not name or name != name.strip() or any(c in name for c in "\t\n\r"):
-        raise SpkidError(f"speaker name {name!r}: must be non-empty, without tabs, newlines or surrounding spaces")
-    if name == RESERVED:
-        raise SpkidError(f"speaker name {RESERVED!r} is reserved for rejected clips (open-set identification)")
+        raise SpkidError(f"speaker name {printable(name)!r}: must be non-empty, without tabs, newlines or surrounding spaces")
+    name = nfc(name)
+    if name_key(name) == RESERVED:
+        alias = "" if name == RESERVED else f" (as {RESERVED!r})"
+        raise SpkidError(f"speaker name {printable(name)!r} is reserved{alias} for rejected clips (open-set identification)")
     return name
+
+
+def warn_lookalikes(existing: Sequence[str], new: Sequence[str]) -> None:
+    """log.warning for each new name that differs from another name only in case, width or invisible characters
+    (`lists.name_key`): probably one speaker typed two ways."""
+    seen = {name_key(s): s for s in existing}
+    for s in new:
+        other = seen.setdefault(name_key(s), s)
+        if other != s:
+            log.warning("speaker '%s' looks like '%s' (they differ only in case, width or invisible characters); "
+                        "they are kept as two speakers", printable(s), printable(other))
 
 
 def updated(
@@ -184,11 +289,13 @@ def updated(
     A speaker model is the L2-normalised sum of its unit utterance embeddings, so enrolling in several runs
     gives the same model as enrolling everything at once.
     """
-    missing = [r for r in remove if r not in g._lookup()]
+    remove = [nfc(r) for r in remove]
+    labels = [nfc(lab) for lab in labels]
+    missing = [r for r in remove if r not in g]
     if missing:
-        raise SpkidError(f"--remove: {', '.join(map(repr, missing))} not enrolled in {g.path} "
+        raise SpkidError(f"--remove: {', '.join(repr(printable(m)) for m in missing)} not enrolled in {g.path} "
                          "(`spkid enroll -g DIR --list` lists the speakers)")
-    keep = np.array([s not in set(remove) for s in g.speakers], dtype=bool)
+    keep = np.array([nfc(s) not in set(remove) for s in g.speakers], dtype=bool)
     names = [s for s, k in zip(g.speakers, keep) if k]
     sums = np.asarray(g.sums, dtype=np.float64)[keep]
     counts = np.asarray(g.counts)[keep].copy()
@@ -205,11 +312,12 @@ def updated(
         e = unit(np.asarray(embeddings, dtype=np.float32)).astype(np.float32)
         if e.shape[1] != sums.shape[1]:
             raise SpkidError(f"embeddings have dimension {e.shape[1]}, the gallery {g.path} has {sums.shape[1]}")
-        row = {s: i for i, s in enumerate(names)}
-        for lab in dict.fromkeys(labels):
-            if lab not in row:
-                row[check_name(lab)] = len(names)
-                names.append(lab)
+        row = {nfc(s): i for i, s in enumerate(names)}
+        fresh = [check_name(lab) for lab in dict.fromkeys(labels) if lab not in row]
+        warn_lookalikes(names, fresh)
+        for lab in fresh:
+            row[lab] = len(names)
+            names.append(lab)
         n = len(names)
         grow = n - len(sums)
         sums = np.concatenate([sums, np.zeros((grow, sums.shape[1]))])
@@ -234,17 +342,21 @@ def updated(
 def save(path: str | Path, g: Gallery) -> None:
     """Write `g` as the gallery folder `path`: built beside it, then swapped into place atomically."""
     dst = Path(path)
-    parent = dst.parent
-    parent.mkdir(parents=True, exist_ok=True)
     if dst.exists() and not dst.is_dir():
         raise SpkidError(f"{dst}: exists and is not a folder")
     if dst.is_dir() and any(dst.iterdir()) and not (dst / "gallery.json").is_file():
         raise SpkidError(f"{dst}: a non-empty folder that is not a gallery; refusing to replace it")
-    with fileio.atomic_dir(dst) as tmp:
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        meta = {"format": FORMAT, **{k: v for k, v in g.meta.items() if k != "format"}}
-        meta.setdefault("created", now)
-        meta["updated"] = now
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    meta = {"format": FORMAT, **{k: v for k, v in g.meta.items() if k != "format"}}
+    meta.setdefault("created", now)
+    meta["updated"] = now
+    if isinstance(meta.get("threshold"), dict):
+        finite_number(meta["threshold"].get("score"), meta["threshold"].get("source", "threshold"), "the threshold")
+    try:
+        meta_json = json.dumps(meta, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    except ValueError as e:
+        raise SpkidError(f"{dst}: cannot store a non-finite number in gallery.json ({e})") from None
+    with folders.atomic_dir(dst) as tmp:
         fileio.write_npy(tmp / "embeddings.npy", np.ascontiguousarray(g.embeddings, dtype=np.float32))
         fileio.write_npy(tmp / "sums.npy", np.ascontiguousarray(g.sums, dtype=np.float32))
         fileio.write_npy(tmp / "counts.npy", np.asarray(g.counts, dtype=np.int64))
@@ -253,7 +365,7 @@ def save(path: str | Path, g: Gallery) -> None:
             fileio.write_npy(tmp / "all_embeddings.npy", np.ascontiguousarray(g.all_embeddings, dtype=np.float32))
             fileio.write_npy(tmp / "all_index.npy", np.asarray(g.all_index, dtype=np.int64))
         fileio.write_bytes(tmp / "speakers.txt", "".join(f"{s}\n" for s in g.speakers).encode("utf-8"))
-        fileio.write_bytes(tmp / "gallery.json", (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        fileio.write_bytes(tmp / "gallery.json", meta_json.encode("utf-8"))
     g.meta, g.path = meta, dst
 
 
@@ -279,10 +391,7 @@ def gallery_json(path: str | Path) -> Path:
 
 
 def _read_json_object(p: Path) -> dict:
-    try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise SpkidError(f"{p}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    obj = loads_json(fileio.read_text(p, "JSON"), str(p))
     if not isinstance(obj, dict):
         raise SpkidError(f"{p}: expected a JSON object")
     return obj
@@ -290,13 +399,17 @@ def _read_json_object(p: Path) -> dict:
 
 def save_calibration(gallery: str | Path, cal: Calibration) -> Path:
     """Store `cal` under "calibration" in GALLERY/gallery.json (`gallery_json`), keeping every other key and the
-    file's permissions; replaced atomically. Returns the gallery.json path."""
+    file's permissions; replaced atomically, under the gallery's writer lock (an enroll swapping the folder
+    meanwhile would otherwise lose the calibration, or pair the new arrays with the old gallery.json). Returns the
+    gallery.json path."""
     p = gallery_json(gallery)
-    obj = _read_json_object(p)
-    obj["calibration"] = cal.to_dict()
-    data = (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    with fileio.atomic_write(p, "wb", keep_mode=True) as f:
-        f.write(data)
+    with filelock.GalleryLock(p.parent):
+        p = gallery_json(gallery)  # the folder as it is now that no writer runs
+        obj = _read_json_object(p)
+        obj["calibration"] = cal.to_dict()
+        data = (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        with fileio.atomic_write(p, "wb", keep_mode=True) as f:
+            f.write(data)
     return p
 
 

@@ -7,15 +7,23 @@ The key of an entry is its path as written; without a label the speaker is the p
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from spkid.errors import SpkidError
 
 LIST_SUFFIXES = (".txt", ".lst", ".list", ".scp")
+# what `spkid.audio` reads: through libsndfile, and through an ffmpeg subprocess (when ffmpeg is on PATH)
+SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd", ".sph",
+                      ".nist", ".w64", ".rf64", ".caf")
+FFMPEG_SUFFIXES = (".m4a", ".aac", ".mp4", ".opus", ".webm", ".wma", ".m4b", ".3gp", ".amr", ".mka", ".mkv")
+AUDIO_SUFFIXES = SOUNDFILE_SUFFIXES + FFMPEG_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,41 @@ def label_from_path(path: str, depth: int = 1) -> str | None:
     if depth < 1 or len(parts) < depth:
         return None
     return parts[-depth]
+
+
+def folder_entries(folder: str, label_depth: int = 1, suffixes: tuple[str, ...] = AUDIO_SUFFIXES,
+                   command: str = "...") -> list[Entry]:
+    """The files below `folder` whose names end in `suffixes` (any case), as the entries of a list naming them: in
+    tree order (sorted by path components), each labelled by its parent folder (`label_depth` N: the N-th
+    ancestor), so `voices/alice/1.wav` is alice's. Paths start with `folder` as given. Hidden files and folders
+    (`.name`, e.g. macOS's `._x.wav`) are skipped, symlinked folders are not followed (as `find`). A folder holding
+    none is an error that shows the list to pipe instead (`find FOLDER -name '*.flac' | spkid COMMAND`)."""
+    import shlex
+
+    def unreadable(e: OSError) -> None:
+        raise SpkidError(f"{e.filename}: cannot read this folder ({e.strerror or e})")
+
+    found, others = [], {}
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            if name.lower().endswith(suffixes):
+                found.append(os.path.join(dirpath, name))
+            else:
+                ext = os.path.splitext(name)[1].lower() or name
+                others[ext] = others.get(ext, 0) + 1
+    if not found:
+        n = sum(others.values())
+        ext = max(others, key=others.get) if others else ".flac"
+        pattern = f"*{ext}" if ext.startswith(".") else ext
+        held = f"{n} other file{'s' if n != 1 else ''}" if n else "nothing"
+        raise SpkidError(f"{folder}: no audio files below this folder (it holds {held}; audio is known by its suffix: "
+                         f"{' '.join(suffixes[:6])} ...); name other files in a list, e.g. "
+                         f"`find {shlex.quote(str(folder))} -name '{pattern}' | spkid {command}`")
+    found.sort(key=lambda p: Path(p).parts)
+    return [Entry(p, label_from_path(p, label_depth)) for p in found]
 
 
 def parse_list(lines: Iterable[str], label_depth: int = 1, source: str = "list") -> list[Entry]:
@@ -145,3 +188,59 @@ def output_path(src: str, out_dir: str | os.PathLike, root: str | os.PathLike, s
     except ValueError:
         raise SpkidError(f"{src}: not under --root {root}") from None
     return Path(out_dir) / rel.with_suffix(suffix)
+
+
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+
+
+def loads_json(text: str, source: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """A user's JSON text, nested at most `max_depth` deep (checked before parsing: the parser recurses, and
+    100 k nested brackets must be one error line, not a RecursionError); one SpkidError naming `source`."""
+    depth = deepest = 0
+    for c in _JSON_STRING.sub("", text):
+        if c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth -= 1
+    if deepest > max_depth:
+        raise SpkidError(f"{source}: JSON nested {deepest} deep (at most {max_depth} is read)")
+    try:
+        return json.loads(text)
+    except ValueError as e:  # JSONDecodeError, and int() of a 5000-digit number
+        raise SpkidError(f"{source}: not valid JSON ({getattr(e, 'msg', e)}"
+                         f"{f', line {e.lineno}' if hasattr(e, 'lineno') else ''})") from None
+    except RecursionError:
+        raise SpkidError(f"{source}: JSON nested too deeply") from None
+
+
+def nfc(name: str) -> str:
+    """A speaker name as stored and compared: Unicode NFC (the composed form), so NFC and NFD spellings meet."""
+    return unicodedata.normalize("NFC", name)
+
+
+_INVISIBLE = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co"}
+
+
+def name_key(name: str) -> str:
+    """What two names that look alike share: NFKC, case-folded, without invisible characters (zero-width space,
+    bidi controls). `alice`, `Alice`, `ａｌｉｃｅ` and `ali\\u200bce` have one key."""
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    return "".join(c for c in folded if unicodedata.category(c) not in _INVISIBLE)
+
+
+def printable(text: str) -> str:
+    """`text` safe to show on a terminal: control, format (bidi overrides, zero-width), separator and surrogate
+    characters as `\\xNN` / `\\uNNNN` escapes (a backslash itself stays), so an ESC sequence or a right-to-left
+    override in a name is shown, not obeyed."""
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        if unicodedata.category(c) in _INVISIBLE or (not c.isprintable() and c != " "):
+            o = ord(c)
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+        else:
+            out.append(c)
+    return "".join(out)

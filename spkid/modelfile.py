@@ -15,12 +15,23 @@ architecture flags are ever needed again.
 A model's identity (`sha256`) is the hash of what decides its embeddings: the architecture, the feature and
 embedding configs and the weights. The calibration and training summary are left out, so calibrating a model
 (`spkid score --calibrate --model-out`) does not orphan the galleries and embeddings made with it.
+
+The identity is computed once, when the file is written, and stored in it: a small JSON record
+`{"format", "model_sha256", "config"}` (`HEADER`) added to the zip archive that `torch.save` writes, after torch's
+own records (torch.load ignores it). It can be read without torch (`header`), so `spkid embed` can check that a
+model's ONNX form (`X.onnx` beside `X.pt`) is the same model and run it without importing torch. Reads trust the
+stored identity; writers of derived files (`save_calibrated`, `spkid export`) and `verify` recompute it and refuse a
+file whose stored identity does not match its weights. A file loaded, edited and saved again with plain `torch.save`
+loses the record (so its identity is computed from what it now holds), as do files written before it existed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +43,9 @@ if TYPE_CHECKING:
     from spkid.embedding import ModelRef
 
 FORMAT = "spkid-model/1"
+HEADER = "spkid-model.json"  # the identity record's name inside the archive (under torch's own folder)
+_SHA = re.compile(r"[0-9a-f]{64}")
+MAX_HEADER = 16 << 20  # bytes
 
 
 @dataclass
@@ -65,9 +79,71 @@ class ModelSpec:
 
 
 def sha256(path: str | Path) -> str:
-    """The model's identity: sha256 of its architecture, feature and embedding configs and weights (hex)."""
+    """The model's identity: sha256 of its architecture, feature and embedding configs and weights (hex).
+    The stored one when the file has it (without torch), else computed from the file's contents."""
+    head = header(path)
+    if head is not None:
+        return head[1]
+    return fingerprint(*read(path))
+
+
+def header(path: str | Path) -> tuple[ModelSpec, str] | None:
+    """(spec, stored identity) of a model file, read without torch; None for a file without the record (written
+    before it existed, or re-saved by plain `torch.save`). A malformed record is a SpkidError."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            info = next((i for i in z.infolist() if i.filename.rsplit("/", 1)[-1] == HEADER), None)
+            if info is None:
+                return None
+            raw = z.read(info) if info.file_size <= MAX_HEADER else b""  # a hostile file's zip bomb stays unread
+    except (OSError, zipfile.BadZipFile, KeyError):
+        return None  # not a zip archive (or unreadable): `read` says what is wrong with it
+    try:
+        rec = json.loads(raw)
+        ok = isinstance(rec, dict) and rec.get("format") == FORMAT and _SHA.fullmatch(str(rec.get("model_sha256")))
+    except (ValueError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        raise SpkidError(f"{path}: damaged identity record {HEADER!r} in the model file; write it again from its "
+                         "source (`spkid train`), or re-save it with plain torch.save, which drops the record")
+    return ModelSpec.from_json(rec.get("config"), str(path)), rec["model_sha256"]
+
+
+def check_identity(spec: ModelSpec, state: dict, stored: str, source: str | Path) -> str:
+    """Refuse weights whose identity is not `stored` (the file's record); returns the identity."""
+    actual = fingerprint(spec, state)
+    if actual != stored:
+        raise SpkidError(f"{source}: the model's stored identity ({stored[:12]}...) does not match its weights and "
+                         f"configs ({actual[:12]}...): the file was altered after spkid wrote it; write it again from "
+                         "its source (`spkid train`), or re-save it with plain torch.save, which drops the record")
+    return actual
+
+
+def identity(path: str | Path, spec: ModelSpec, state: dict) -> str:
+    """The identity of the model file `path` whose contents `read` gave: the stored one, trusted (its config is
+    compared with `spec`, which costs nothing), else computed."""
+    head = header(path)
+    if head is None:
+        return fingerprint(spec, state)
+    _same_config(head[0], spec, path)
+    return head[1]
+
+
+def verify(path: str | Path) -> tuple[ModelSpec, dict, str]:
+    """(spec, state_dict, identity) of a model file, its stored identity checked against its weights (a file
+    without the record: computed). Used before writing anything that carries the identity on."""
     spec, state = read(path)
-    return fingerprint(spec, state)
+    head = header(path)
+    if head is None:
+        return spec, state, fingerprint(spec, state)
+    _same_config(head[0], spec, path)
+    return spec, state, check_identity(spec, state, head[1], path)
+
+
+def _same_config(stored: ModelSpec, spec: ModelSpec, path: str | Path) -> None:
+    if stored.to_json() != spec.to_json():
+        raise SpkidError(f"{path}: the model's identity record holds another config than the model: the file was "
+                         "altered after it was written; write it again from its source (`spkid train`)")
 
 
 def fingerprint(spec: ModelSpec, state: dict) -> str:
@@ -83,15 +159,29 @@ def fingerprint(spec: ModelSpec, state: dict) -> str:
     return h.hexdigest()
 
 
-def save(path: str | Path, net, spec: ModelSpec) -> None:
-    """Write a model file atomically (a temp file renamed into place)."""
+def save(path: str | Path, net, spec: ModelSpec) -> str:
+    """Write a model file atomically (a temp file renamed into place), its identity stored in it; returns it."""
+
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    return _write(path, spec, state)
+
+
+def _write(path: str | Path, spec: ModelSpec, state: dict, keep_mode: bool = False) -> str:
+    """torch.save the model dict, then add the identity record (`HEADER`) computed from exactly these weights."""
     import torch
 
     from spkid.fileio import atomic_write
 
-    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    with atomic_write(path, "wb") as f:
-        torch.save({"format": FORMAT, "config": spec.to_json(), "state_dict": state}, f)
+    sha = fingerprint(spec, state)
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, "config": spec.to_json(), "state_dict": state}, buf)
+    with zipfile.ZipFile(buf, "a") as z:
+        folder = z.namelist()[0].split("/", 1)[0]  # torch.load finds its records under the first entry's folder
+        record = {"format": FORMAT, "model_sha256": sha, "config": spec.to_json()}
+        z.writestr(f"{folder}/{HEADER}", json.dumps(record, sort_keys=True))
+    with atomic_write(path, "wb", keep_mode=keep_mode) as f:
+        f.write(buf.getvalue())
+    return sha
 
 
 def read(path: str | Path) -> tuple[ModelSpec, dict]:
@@ -158,13 +248,8 @@ def model_calibration(ref: ModelRef | None, spec: ModelSpec | None = None) -> Ca
 def save_calibrated(model_in: str | Path, model_out: str | Path, cal: Calibration) -> Path:
     """Copy the model file `model_in` to `model_out` with `cal` under "calibration" in its config (atomic write;
     a `model_out` that exists keeps its permissions). Returns `model_out`."""
-    import torch
-
-    from spkid.fileio import atomic_write
-
-    spec, state = read(model_in)
+    spec, state, _ = verify(model_in)  # the copy carries the identity on: it must be the right one
     spec.calibration = cal.to_dict()
     out = Path(model_out)
-    with atomic_write(out, "wb", keep_mode=True) as f:
-        torch.save({"format": FORMAT, "config": spec.to_json(), "state_dict": state}, f)
+    _write(out, spec, state, keep_mode=True)
     return out

@@ -8,8 +8,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterable, Iterator
-from typing import BinaryIO
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
@@ -17,10 +17,14 @@ from spkid import fileio, lists, npyio
 from spkid.errors import SpkidError
 from spkid.lists import Entry
 
+if TYPE_CHECKING:
+    from spkid import audio
 
-def read_list(args: Iterable[str] | str | None = None, label_depth: int = 1) -> list[Entry]:
-    """Entries from positional arguments: list files (`*.txt|*.lst|*.list|*.scp`), other files as themselves,
-    and `-` (or no argument at all) for a list on stdin."""
+
+def read_list(args: Iterable[str] | str | None = None, label_depth: int = 1, command: str = "...") -> list[Entry]:
+    """Entries from positional arguments: list files (`*.txt|*.lst|*.list|*.scp`), folders (the audio files below
+    them, labelled by their parent folders: `lists.folder_entries`; `command` completes its hint), other files as
+    themselves, and `-` (or no argument at all) for a list on stdin."""
     if args is None or isinstance(args, str):
         args = [args] if args else []
     args = list(args) or ["-"]
@@ -29,10 +33,14 @@ def read_list(args: Iterable[str] | str | None = None, label_depth: int = 1) -> 
         if arg == "-":
             if sys.stdin is None or sys.stdin.isatty():
                 raise SpkidError("no input: give files or a list file, or pipe a list on stdin")
-            text = lists.decode_text(sys.stdin.buffer.read(), "<stdin>")
+            data = sys.stdin.buffer.read()
+            _refuse_audio(data[:12])
+            text = lists.decode_text(data, "<stdin>")
             entries += lists.parse_list(lists.split_lines(text), label_depth, "<stdin>")
         elif lists.is_list_file(arg):
             entries += lists.parse_list(lists.split_lines(fileio.read_text(arg)), label_depth, arg)
+        elif os.path.isdir(arg):
+            entries += lists.folder_entries(arg, label_depth, command=command)
         else:
             entries.append(Entry(arg, lists.label_from_path(arg, label_depth)))
     return entries
@@ -90,9 +98,11 @@ def write_array(arr: np.ndarray, output: str | None = None) -> None:
             np.lib.format.write_array(f, np.asarray(arr), allow_pickle=False)
 
 
-def write_embeddings(keys: Iterable[str], values: np.ndarray, meta: dict | None, output: str | None = None) -> None:
-    """Keys, values and (when `meta` is given) the model record, to `output` (atomically) or stdout."""
-    records = npyio.keyed_records(keys, values, meta)
+def write_embeddings(keys: Iterable[str], values: np.ndarray, meta: dict | None, output: str | None = None,
+                     quality: Sequence[dict | None] | None = None) -> None:
+    """Keys, values and (when `meta` is given) the model record, with the per-key `quality` records
+    (`Quality.to_dict()`) when given, to `output` (atomically) or stdout."""
+    records = npyio.keyed_records(keys, values, meta, quality)
     to_stdout, path = _binary_out(output)
 
     def dump(f: BinaryIO) -> None:
@@ -154,3 +164,65 @@ def stdin_is_piped() -> bool:
         return (stat.S_ISFIFO(mode) or stat.S_ISREG(mode)) and bool(stream.peek(1))
     except (OSError, ValueError):
         return False
+
+
+def read_inputs(args: Iterable[str] | str | None = None, label_depth: int = 1,
+                command: str = "...") -> tuple[list[Entry], audio.Clip | None]:
+    """`read_list`, except that `-` (or no argument at all) whose stdin holds audio (`stdin_audio`) is one clip:
+    the entry `Entry("-")` (no label), with the clip returned beside the entries, to decode in its place
+    (`audio.load(clip)`, `Preparer.prepare_file(clip)`). Otherwise (None) every `-` reads a list, as before."""
+    if args is None or isinstance(args, str):
+        args = [args] if args else []
+    args = list(args) or ["-"]
+    clip = stdin_audio() if "-" in args else None
+    if clip is None:
+        return read_list(args, label_depth, command), None
+    if args.count("-") > 1:
+        raise SpkidError("`-` names stdin's one audio clip; give it once")
+    entries: list[Entry] = []
+    for arg in args:
+        entries += [Entry("-")] if arg == "-" else read_list([arg], label_depth, command)
+    return entries, clip
+
+
+def stdin_audio(name: str = "<stdin>") -> audio.Clip | None:
+    """The clip on stdin when its first bytes announce audio (WAV, FLAC, OGG, MP3 by magic bytes: `audio.sniff`):
+    all of stdin, read whole into memory, as an `audio.Clip` that `audio.read`/`load` and
+    `Preparer.prepare_file` decode. None, with nothing consumed (the head is peeked), when stdin is a terminal,
+    closed, empty or holds anything else, so `read_list` or `read_embeddings` still get all of it.
+
+    The first write into the pipe must hold the signature (12 bytes for WAV); every audio writer's header does."""
+    from spkid import audio
+
+    head = _peek_stdin(12)
+    fmt = audio.sniff(head) if head else None
+    if fmt is None:
+        return None
+    return audio.Clip(sys.stdin.buffer.read(), name, fmt)
+
+
+def _peek_stdin(n: int) -> bytes:
+    """Up to `n` first bytes of stdin without consuming them; b"" for a terminal, a closed or unreadable stdin."""
+    try:
+        stream = sys.stdin.buffer
+        if stream.isatty():
+            return b""
+        if hasattr(stream, "peek"):
+            return stream.peek(n)[:n]
+        if stream.seekable():  # an in-memory stream (io.BytesIO)
+            pos = stream.tell()
+            head = stream.read(n)
+            stream.seek(pos)
+            return head
+    except (AttributeError, OSError, ValueError):
+        pass
+    return b""
+
+
+def _refuse_audio(head: bytes) -> None:
+    from spkid import audio
+
+    fmt = audio.sniff(head)
+    if fmt is not None:
+        raise SpkidError(f"<stdin>: holds {fmt.upper()} audio, and this command reads a list of files there; give the "
+                         "audio as a file argument (or `-` where audio on stdin is taken: embed, enroll, verify, identify)")

@@ -11,6 +11,7 @@ score, windows)` runs in seconds, each window speaking for the part of the timel
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -147,3 +148,12 @@ def merge_runs(decisions: Sequence[str | None], scores: np.ndarray, begin: np.nd
             runs.append((float(begin[i]), float(end[j - 1]), d, float(np.mean(scores[i:j])), j - i))
         i = j
     return runs
+
+
+def format_runs(runs: Sequence[Run], threshold: float | None, path: str, as_json: bool) -> str:
+    """`START<TAB>END<TAB>SPEAKER<TAB>SCORE` lines (seconds), or JSON lines with the windows, threshold and file."""
+    if as_json:
+        return "".join(json.dumps({"start": round(a, 3), "end": round(b, 3), "speaker": spk, "score": sc, "windows": w,
+                                   "threshold": threshold, "file": path}, ensure_ascii=False) + "\n"
+                       for a, b, spk, sc, w in runs)
+    return "".join(f"{a:.2f}\t{b:.2f}\t{spk}\t{sc:.6f}\n" for a, b, spk, sc, w in runs)

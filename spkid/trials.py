@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spkid.errors import SpkidError
+from spkid.lists import printable
 
 LABELS = {"target": True, "nontarget": False, "1": True, "0": False}
 FORMATS = {2: "SCORE LABEL", 3: "ENROLL TEST SCORE", 4: "ENROLL TEST SCORE LABEL"}
@@ -123,6 +124,7 @@ class IdRecord:
     decision: str | None = None
     threshold: float | None = None
     margin: float | None = None
+    quality: dict | None = None  # what the VAD found in the clip (`utterance.Quality.to_dict()`), when known
 
     def to_json(self) -> str:
         """The record as one JSON line of the schema above (what `spkid identify --json` writes), no newline."""
@@ -132,6 +134,8 @@ class IdRecord:
             obj["decision"] = self.decision
         obj["threshold"] = self.threshold
         obj["margin"] = self.margin
+        if self.quality is not None:
+            obj["quality"] = self.quality
         return json.dumps(obj, ensure_ascii=False)
 
     def to_text(self, candidates: bool = False) -> str:
@@ -139,9 +143,10 @@ class IdRecord:
         margin), then NAME:SCORE of every candidate in `top` when `candidates`."""
         best, score = self.top[0]
         margin = "-" if self.margin is None else f"{self.margin:.6f}"
-        cols = [self.key, "-" if self.decision is None else self.decision, f"{score:.6f}", margin, best]
+        show = printable  # names and keys may hold ESC sequences or bidi overrides: shown, not obeyed
+        cols = [show(self.key), "-" if self.decision is None else show(self.decision), f"{score:.6f}", margin, show(best)]
         if candidates:
-            cols += [f"{n}:{s:.6f}" for n, s in self.top]
+            cols += [f"{show(n)}:{s:.6f}" for n, s in self.top]
         return "\t".join(cols)
 
 
@@ -202,6 +207,12 @@ def _parse_scores(rows: list[tuple[int, str]], source: str) -> ScoreList:
         test=test if width != 2 else None,
         source=source,
     )
+
+
+def format_scores(t: Trials, kept: Sequence[int], scores: Sequence[float]) -> str:
+    """`ENROLL<TAB>TEST<TAB>SCORE<TAB>target|nontarget` lines for the trials `kept` (indices into `t`)."""
+    return "".join(f"{t.enroll[i]}\t{t.test[i]}\t{s:.6f}\t{'target' if t.label[i] else 'nontarget'}\n"
+                   for i, s in zip(kept, scores))
 
 
 def parse_trials(lines: Iterable[str], source: str = "<trials>") -> Trials:

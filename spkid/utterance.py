@@ -20,17 +20,22 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from spkid.errors import SpkidError
 from spkid.frontends import Frontend, load_features
 
+if TYPE_CHECKING:
+    from spkid.audio import Clip
+
 log = logging.getLogger(__name__)
 
-MIN_ENROLL_SPEECH_S = 2.0
+MIN_SPEECH_S = 0.5  # s of speech the VAD must find before verify, identify or enroll decide on an item
+MIN_ENROLL_SPEECH_S = 2.0  # s; under this an enrolment is warned about (unreliable embedding)
 CLIP_LEVEL = 0.999
+CLIPPED_FRACTION = 0.001  # over this fraction of samples at CLIP_LEVEL: flagged as clipped
 # VAD for embedding keeps short pauses and segment edges: splicing words together cost EER on librispeech_tc100
 # with resemblyzer (default VadConfig 0.86 %, these settings 0.71 %, no VAD 1.19 %, with one version of the VAD model)
 EMBED_VAD = {"padding": 0.1, "min_silence": 0.3}
@@ -110,7 +115,12 @@ def cut(feats: np.ndarray, starts: Sequence[int], length: int) -> np.ndarray:
 
 @dataclass
 class Quality:
-    """What a recording offers: seconds of audio and of speech, clipped fraction, level, resampling."""
+    """What a recording offers: seconds of audio and of speech, clipped fraction, level, resampling.
+
+    `vad`: the VAD ran, so `speech_seconds` is the speech it found (0 with `no_speech`, even when the whole file
+    was embedded for want of any); without it (--no-vad, a feature file, a rate the VAD does not take) it is the
+    length of what was embedded, and the decision gate (`decisions.require_speech`) does not apply.
+    """
 
     seconds: float
     speech_seconds: float
@@ -118,21 +128,67 @@ class Quality:
     rms_dbfs: float = 0.0
     resampled_from: int | None = None
     no_speech: bool = False
+    vad: bool = False
+
+    def flags(self) -> list[str]:
+        """Machine-readable problems: no_speech, short_speech (under MIN_ENROLL_SPEECH_S), clipped (over 0.1 % of
+        samples), too_quiet (RMS under SILENCE_DBFS), resampled, no_vad (speech not measured)."""
+        out = []
+        if self.vad and self.no_speech:
+            out.append("no_speech")
+        elif self.speech_seconds < MIN_ENROLL_SPEECH_S:
+            out.append("short_speech")
+        if self.clipped > CLIPPED_FRACTION:
+            out.append("clipped")
+        if self.rms_dbfs < SILENCE_DBFS:
+            out.append("too_quiet")
+        if self.resampled_from is not None:
+            out.append("resampled")
+        if not self.vad:
+            out.append("no_vad")
+        return out
 
     def problems(self, min_speech_s: float = MIN_ENROLL_SPEECH_S) -> list[str]:
         """Human-readable warnings (enrolment quality)."""
         out = []
         if self.no_speech:
-            out.append("no speech found by the VAD; the whole file was used")
-        if self.speech_seconds < min_speech_s:
+            out.append("no speech found by the VAD (0.0 s of speech); the whole file was used")
+        elif self.speech_seconds < min_speech_s:
             out.append(f"only {self.speech_seconds:.1f} s of speech (under {min_speech_s:g} s gives unreliable embeddings)")
-        if self.clipped > 0.001:
+        if self.clipped > CLIPPED_FRACTION:
             out.append(f"{100 * self.clipped:.1f} % of samples are clipped")
         if self.rms_dbfs < SILENCE_DBFS:
             out.append(f"nearly silent (RMS {self.rms_dbfs:.0f} dBFS)")
         if self.resampled_from is not None:
             out.append(f"recorded at {self.resampled_from} Hz and resampled (run `spkid convert` to do it once)")
         return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON quality record (`verify`/`identify --json`, and per key in an embedding stream)."""
+        return {"seconds": round(self.seconds, 3), "speech_seconds": round(self.speech_seconds, 3), "vad": self.vad,
+                "no_speech": self.no_speech, "clipped": round(self.clipped, 6),
+                "rms_dbfs": round(self.rms_dbfs, 1) if math.isfinite(self.rms_dbfs) else None,
+                "resampled_from": self.resampled_from, "flags": self.flags()}
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "quality record") -> Quality:
+        """A record of `to_dict` (e.g. from an embedding stream), its numbers checked."""
+        if not isinstance(d, dict):
+            raise SpkidError(f"{source}: a quality record must be a JSON object, got {type(d).__name__}")
+
+        def num(key: str, default: float | None = None) -> float:
+            v = d.get(key, default)
+            if v is None and key == "rms_dbfs":
+                return -math.inf
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < (-1e9 if key == "rms_dbfs" else 0):
+                raise SpkidError(f"{source}: quality {key!r} must be a finite number, got {v!r}")
+            return float(v)
+
+        rate = d.get("resampled_from")
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int)):
+            raise SpkidError(f"{source}: quality 'resampled_from' must be an integer rate or null, got {rate!r}")
+        return cls(num("seconds"), num("speech_seconds"), num("clipped", 0.0), num("rms_dbfs", 0.0), rate,
+                   bool(d.get("no_speech", False)), bool(d.get("vad", False)))
 
 
 @dataclass
@@ -179,9 +235,13 @@ class Preparer:
             x = audio.resample(x, sr, rate)
             q.resampled_from = sr
         x = self.front.prepare(x)
-        if self.use_vad:
+        q.vad = self.use_vad and rate == _vad_rate()
+        if self.use_vad and not q.vad:
+            log.debug("VAD skipped: it needs %d Hz, the model takes %d Hz", _vad_rate(), rate)
+        if q.vad:
             x, q.no_speech = _voiced(x, rate)
-        q.speech_seconds = len(x) / rate
+        # no speech: the whole file is embedded (embed's fallback) but none of it counts as speech
+        q.speech_seconds = 0.0 if q.no_speech else len(x) / rate
         return x, q
 
     def windows(self, x: np.ndarray) -> np.ndarray:
@@ -227,27 +287,31 @@ class Preparer:
         seconds = len(feats) * self.front.frame_step / self.front.sample_rate
         return Prepared(cut(feats.astype(np.float32, copy=False), starts, length), Quality(seconds, seconds))
 
-    def prepare_file(self, path: str) -> Prepared:
-        """An audio file, or a `.npy` feature matrix (checked against the model's features)."""
-        if path.lower().endswith(".npy"):
+    def prepare_file(self, path: str | Clip) -> Prepared:
+        """An audio file, an `audio.Clip` in memory (stdin's audio), or a `.npy` feature matrix (checked against the
+        model's features)."""
+        if isinstance(path, str) and path.lower().endswith(".npy"):
             return self.prepare_features(load_features(path, self.front), path)
         from spkid import audio
 
         x, sr = audio.load(path)
-        return self.prepare_signal(x, sr, path)
+        return self.prepare_signal(x, sr, str(path))
 
 
 def _frames(seconds: float, front: Frontend) -> int:
     return int(round(seconds * front.sample_rate / front.frame_step))
 
 
+def _vad_rate() -> int:
+    from spkid import vad
+
+    return vad.SAMPLE_RATE
+
+
 def _voiced(x: np.ndarray, rate: int) -> tuple[np.ndarray, bool]:
     """The voiced samples of `x` (concatenated) and whether none were found (then `x` itself)."""
     from spkid import vad
 
-    if rate != vad.SAMPLE_RATE:
-        log.debug("VAD skipped: it needs %d Hz, the model takes %d Hz", vad.SAMPLE_RATE, rate)
-        return x, False
     segs = vad.segments(x, rate, vad.VadConfig(**EMBED_VAD))
     if len(segs) == 0:
         return x, True

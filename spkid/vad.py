@@ -26,9 +26,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import scipy.fft
 
 from spkid.errors import SpkidError
+from spkid.fft import rfft
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class Frontend:
             xp[lo - first : hi - first] = x[lo:hi]
         frames = np.lib.stride_tricks.as_strided(xp, (count, self.win), (xp.strides[0] * self.hop, xp.strides[0]))
         # scipy's pocketfft keeps float32 and is ~3x faster here than numpy.fft
-        spec = scipy.fft.rfft(frames * window, n=self.n_fft, axis=1, overwrite_x=True)
+        spec = rfft(frames * window, n=self.n_fft, axis=1)
         power = np.abs(spec)
         power *= power
         out = np.empty((count, self.n_mels + self.n_lin), np.float32)

@@ -1,4 +1,5 @@
-"""Shared fixtures: generated "speakers" and the real corpus in ../shared/data (skipped when absent)."""
+"""Shared fixtures: generated "speakers", the real speech clips shipped in examples/clips, and the whole
+development corpus in ../shared/data (tests that need it skip when it is absent, as in a fresh clone)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,14 @@ import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# Real speech in the repository: 26 LibriSpeech excerpts (CC BY 4.0; examples/clips/ATTRIBUTION.md),
+# enroll/<speaker>/ two clips of each of 8 speakers, probe/<speaker>/ one more of each and two of speaker 909
+CLIPS = REPO / "examples" / "clips"
+
+
+def clip_files(part: str = "*", speaker: str = "*") -> list[Path]:
+    """The shipped clips of `part` (enroll, probe or *) and `speaker` (a reader ID or *), sorted: 16 kHz mono FLAC."""
+    return sorted(CLIPS.glob(f"{part}/{speaker}/*.flac"))
 
 
 # multiplicative offsets of (F1, F2, F3) from a speaker's neutral formants, for a few vowel qualities
@@ -119,9 +128,14 @@ def wav_list(speaker_dir: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """../shared/data beside the checkout; tests that need real speech skip when it is absent (a fresh clone)."""
-    if not (SHARED_DATA / "librispeech_tc100").is_dir():
-        pytest.skip(f"real corpus not found at {SHARED_DATA} (present in CI and beside a developer's checkout)")
+    """../shared/data beside the checkout, for the few tests that need the whole development corpus (tests that
+    need some real speech use `clip_files()`); they skip when it is absent, as in a fresh clone."""
+    missing = [d for d in ("librispeech_tc100", "noise", "nonspeech") if not (SHARED_DATA / d).is_dir()]
+    if missing:
+        pytest.skip(f"needs the whole development corpus, not found at {SHARED_DATA}: {', '.join(missing)} "
+                    "(librispeech_tc100: 711 utterances of 251 speakers of LibriSpeech train-clean-100; noise: Speech "
+                    "Commands' background noise; nonspeech: game music and effects; each folder's README.md tells "
+                    "its source). CI and developer machines have it beside the checkout; a fresh clone does not")
     return SHARED_DATA
 
 

@@ -33,8 +33,16 @@ def test_mix_at_snr_hits_requested_snr(voice, target):
     assert snr_db(voice, mixed) == pytest.approx(target, abs=0.05)
 
 
-def test_noise_files_mixed_at_requested_snr(voice, shared_data):
-    files = tuple(str(p) for p in sorted((shared_data / "noise").glob("*.flac")))
+def test_noise_files_mixed_at_requested_snr(voice, tmp_path):
+    """Noise FLACs longer than the voice (a random excerpt is mixed) and shorter (it is looped)."""
+    rng = np.random.default_rng(0)
+    files = []
+    for name, seconds in (("babble.flac", 7.0), ("hum.flac", 0.4)):
+        n = int(seconds * SR)
+        x = np.convolve(rng.standard_normal(n), np.ones(8) / 8, mode="same") + 0.3 * np.sin(np.arange(n) * 0.05)
+        sf.write(tmp_path / name, 0.2 * x / np.abs(x).max(), SR, subtype="PCM_16")
+        files.append(str(tmp_path / name))
+    files = tuple(files)
     aug = Augmenter(AugmentConfig(noise=True, noise_files=files, snr_db=(5.0, 5.0)), seed=0)
     for _ in range(3):
         mixed = aug(voice, SR)

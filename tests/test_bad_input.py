@@ -120,7 +120,7 @@ AUDIO_CASES = [
     ("zero", "no samples"),
     ("truncated", "cannot decode audio"),
     ("random", "cannot decode audio"),
-    ("directory", "is a directory"),
+    ("directory", "no audio files below this folder"),  # a folder argument expands to its audio files
 ]
 # (cmd name, command template, writes a folder?); {good} {bad} {out}
 FILE_COMMANDS = {

@@ -154,8 +154,8 @@ def test_score_never_imports_torch(tmp_path, labelled):
         (b"a b 0.9\n", [], 1, "ENROLL TEST SCORE lines carry no labels; give a trials file (--trials FILE)"),
         (b"", [], 1, "<stdin>: no scores (the input is empty)"),
         (b"0.9 yes\n", [], 1, "<stdin>:1: label 'yes' is not one of target, nontarget, 1, 0"),
-        (b"0.9 target\n0.1 nontarget\n", ["--confusion"], 1, "--confusion applies to identification results"),
-        (b'{"key": "a", "label": "x", "top": [{"speaker": "x", "score": 1}]}\n', ["--bootstrap", "9"], 1, "--bootstrap applies to verification scores"),
+        (b"0.9 target\n0.1 nontarget\n", ["--confusion"], 2, "--confusion applies to identification results"),
+        (b'{"key": "a", "label": "x", "top": [{"speaker": "x", "score": 1}]}\n', ["--bootstrap", "9"], 2, "--bootstrap applies to verification scores"),
         (b"0.9 target\n0.1 nontarget\n", ["--plot", "det.jpg"], 1, "det.jpg: plot file name must end in .png, .svg, .pdf"),
     ],
 )

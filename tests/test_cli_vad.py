@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import sh
+from conftest import clip_files, sh
 
 SR = 16000
 LEAD = SR  # one second of silence before and after each utterance
@@ -25,12 +25,12 @@ def voice_span(x: np.ndarray) -> tuple[int, int]:
 
 
 @pytest.fixture
-def speech_list(tmp_path: Path, shared_data: Path) -> tuple[Path, list[tuple[int, int]]]:
-    """Three real utterances, each with 1 s of near-silence around it, in a list; returns (list, voice spans)."""
+def speech_list(tmp_path: Path) -> tuple[Path, list[tuple[int, int]]]:
+    """Three real utterances (shipped clips), each with 1 s of near-silence around it, in a list; returns (list, voice spans)."""
     rng = np.random.default_rng(0)
     paths, spans = [], []
-    for spk in ("103", "1034", "1040"):
-        src = sorted((shared_data / "librispeech_tc100" / spk).glob("*.flac"))[0]
+    for spk in ("19", "1867", "4853"):
+        src = clip_files("probe", spk)[0]
         x, sr = sf.read(src, dtype="float32")
         y = np.concatenate([np.zeros(LEAD), x, np.zeros(LEAD)]) + 1e-4 * rng.standard_normal(len(x) + 2 * LEAD)
         p = tmp_path / "in" / spk / f"{spk}.wav"
@@ -69,8 +69,8 @@ def test_span_without_length_and_a_real_stdin_pipe(speech_list):
         assert vs - 0.3 * SR <= s < vs + 0.3 * SR and e <= ve + 0.3 * SR and e - s > 0.6 * (ve - vs)
 
 
-def test_file_shorter_than_length_gives_the_whole_file(tmp_path, shared_data):
-    x, _ = sf.read(sorted((shared_data / "librispeech_tc100" / "103").glob("*.flac"))[0], dtype="float32")
+def test_file_shorter_than_length_gives_the_whole_file(tmp_path):
+    x, _ = sf.read(clip_files("enroll", "1116")[0], dtype="float32")
     p = tmp_path / "short.wav"
     sf.write(p, x[: SR // 2 * 3], SR)  # 1.5 s
     out = load_npy(sh(f"spkid vad {p} 32000", check=True).stdout)
@@ -131,7 +131,7 @@ def test_trim_writes_voiced_audio_and_the_new_list(speech_list, tmp_path):
     full.write_text(lst.read_text() + f"{silent}\n")
     proc = sh(f"spkid vad --trim -d {tmp_path}/voiced < {full}", check=True)
     listed = [line.split("\t") for line in proc.stdout.decode().splitlines()]
-    assert [label for _, label in listed] == ["103", "1034", "1040"]  # the silent file is left out, with a warning
+    assert [label for _, label in listed] == ["19", "1867", "4853"]  # the silent file is left out, with a warning
     assert "silence.wav: no voice found" in proc.stderr.decode()
     segs = load_npy(sh(f"spkid vad --segments {lst}", check=True).stdout)
     for i, (path, label) in enumerate(listed):
@@ -140,6 +140,19 @@ def test_trim_writes_voiced_audio_and_the_new_list(speech_list, tmp_path):
         s = segs[segs[:, 0] == i]
         assert sr == SR and len(y) == int(np.sum(s[:, 2] - s[:, 1]))
         assert len(y) < spans[i][1] - spans[i][0] + 0.5 * SR  # the 2 s of silence around the voice are gone
+
+
+def test_sharded_trim_writes_the_whole_lists_layout(speech_list, tmp_path):
+    """Shards without --root lay their files out below the whole list's common folder, as one run would: two shards
+    never write the same path, and `cat` of their lists is the unsharded list."""
+    lst, _ = speech_list
+    whole = sh(f"spkid vad --trim -d {tmp_path}/one < {lst}", check=True).stdout.decode()
+    parts = [sh(f"spkid vad --trim -d {tmp_path}/one --shard {i}/2 --overwrite < {lst}", check=True).stdout.decode()
+             for i in (1, 2)]
+    lines = whole.splitlines()
+    assert sorted(parts[0].splitlines() + parts[1].splitlines()) == sorted(lines)
+    assert parts[0].splitlines() == lines[0::2] and parts[1].splitlines() == lines[1::2]
+    assert len({line.split("\t")[0] for line in lines}) == 3
 
 
 @pytest.mark.parametrize("args", [["--trim"], ["--trim", "-d", "x", "16000"], ["--segments", "16000"], ["-d", "x"]])

@@ -139,7 +139,7 @@ def bad_inputs(d: Path) -> dict[str, Path]:
     ("empty", "empty file"),
     ("text", "cannot decode audio"),
     ("truncated", "cannot decode audio"),
-    ("directory", "is a directory"),
+    ("directory", "no audio files below this folder"),  # a folder argument expands to its audio files
 ])
 def test_bad_input_one_line_exit_1_no_output(tmp_path: Path, speaker_dir: Path, case: str, message: str):
     bad = bad_inputs(tmp_path / "bad")[case]
@@ -156,6 +156,9 @@ def test_bad_input_one_line_exit_1_no_output(tmp_path: Path, speaker_dir: Path, 
 
 def test_skip_bad_converts_the_good_and_counts_the_bad(tmp_path: Path, speaker_dir: Path):
     bads = bad_inputs(tmp_path / "bad")
+    folder = bads.pop("directory")  # not an item: a folder argument without audio is a usage error, --skip-bad or not
+    proc = sh(f"spkid convert {speaker_dir} {folder} -d {tmp_path / 'out0'} --skip-bad")
+    assert proc.returncode == 1 and f"{folder}: no audio files below this folder" in proc.stderr.decode()
     good = sorted(speaker_dir.rglob("*.wav"))
     args = " ".join(map(str, [*good, *bads.values()]))
     proc = sh(f"spkid convert {args} -d {tmp_path / 'out'} --root {tmp_path} --skip-bad -j 2")

@@ -12,7 +12,7 @@ import soundfile as sf
 from python_speech_features import base as psf
 from python_speech_features import sigproc
 
-from conftest import synth_voice
+from conftest import clip_files, synth_voice
 from spkid import cmvn, features
 from spkid.errors import SpkidError
 from spkid.features import FeatureConfig, compute, compute_file
@@ -84,11 +84,9 @@ def check_all_kinds(x, cfg):
 
 
 @pytest.fixture(scope="module")
-def speech(shared_data):
-    """Six real LibriSpeech utterances (16 kHz float32), spread over the speakers."""
-    rows = (shared_data / "librispeech_tc100" / "utterances.tsv").read_text(encoding="utf-8").splitlines()[1:]
-    paths = [shared_data / "librispeech_tc100" / r.split("\t")[0] for r in rows[:: len(rows) // 6][:6]]
-    return [sf.read(p, dtype="float32")[0] for p in paths]
+def speech():
+    """Six real LibriSpeech utterances (the shipped clips, 16 kHz float32) of six speakers."""
+    return [sf.read(p, dtype="float32")[0] for p in clip_files("probe")[:6]]
 
 
 CONFIGS = [

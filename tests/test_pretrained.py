@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, synth_voice
+from conftest import clip_files, synth_voice
 from spkid import frontends, pretrained
 from spkid.errors import SpkidError
 
@@ -41,18 +41,14 @@ def embedder():
 
 
 def utterances() -> list[np.ndarray]:
-    """Waveforms as the package's preprocessing leaves them (trimmed, volume at -30 dBFS): real speech when
-    ../shared/data is there, generated voices otherwise; from 0.3 s (one zero-padded partial) to 15 s."""
+    """Waveforms as the package's preprocessing leaves them (trimmed, volume at -30 dBFS): real speech (the
+    shipped clips of speaker 19) and a generated voice; from 0.3 s (one zero-padded partial) to 15 s."""
+    import soundfile as sf
     from resemblyzer import preprocess_wav
     from resemblyzer.audio import normalize_volume
 
-    files = sorted((SHARED_DATA / "librispeech_tc100" / "19").glob("*.flac"))[:3]
-    if files:
-        import soundfile as sf
-
-        waves = [sf.read(f, dtype="float32")[0] for f in files]
-    else:
-        waves = [synth_voice(f0, (700.0, 1500.0), 4.0, seed=i) for i, f0 in enumerate((110.0, 180.0, 240.0))]
+    waves = [sf.read(f, dtype="float32")[0] for f in clip_files("*", "19")]
+    waves.append(np.concatenate(waves + [synth_voice(140.0, (700.0, 1500.0), 3.0, seed=0)]))
     out = []
     for w in map(preprocess_wav, waves):
         out.append(w)

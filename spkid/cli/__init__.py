@@ -1,6 +1,7 @@
 """The `spkid` command: one typer app, one module per subcommand, listed here once in pipeline order.
 
-`main()` turns errors into one line (`spkid <cmd>: error: ...`, exit 1), leaves usage errors to typer (exit 2),
+`main()` turns errors into one line (`spkid <cmd>: error: ...`, exit 1; options that do not go together exit 2),
+leaves other usage errors to typer (exit 2),
 shows the traceback with -v, and ends quietly on a broken pipe (`| head`).
 """
 
@@ -17,7 +18,7 @@ from typer._click.exceptions import ClickException
 
 from spkid import __version__
 from spkid.cli import _common
-from spkid.errors import SpkidError, catch_interrupts, check_interrupted
+from spkid.errors import SpkidError, UsageError, catch_interrupts, check_interrupted
 
 app = typer.Typer(
     name="spkid",
@@ -57,13 +58,13 @@ def root(
 
 
 # Subcommands, in pipeline order (this is also the order of `spkid --help`).
-from spkid.cli import convert, embed, enroll, features, identify, score, train, vad, verify  # noqa: E402
+from spkid.cli import convert, embed, enroll, export, features, identify, score, train, vad, verify  # noqa: E402
 
-for _module in (convert, vad, features, train, embed, enroll, verify, identify, score):
+for _module in (convert, vad, features, train, export, embed, enroll, verify, identify, score):
     app.add_typer(_module.app)
 
 COMPLETE_VAR = "_SPKID_COMPLETE"
-COMMANDS = ("convert", "vad", "features", "train", "embed", "enroll", "verify", "identify", "score")
+COMMANDS = ("convert", "vad", "features", "train", "export", "embed", "enroll", "verify", "identify", "score")
 
 
 def _command_name(args: list[str]) -> str:
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         msg = str(e) if isinstance(e, SpkidError) else _os_message(e)
         print(f"{prefix}error: {msg}", file=sys.stderr)
-        code = 1
+        code = 2 if isinstance(e, UsageError) else 1
     try:
         sys.stdout.flush()
     except BrokenPipeError:

@@ -1,6 +1,7 @@
-"""What every subcommand shares: option types, logging, progress, and the per-file job runner.
+"""What every subcommand shares: logging, progress, the one item loop (`map_entries`), and the steps every
+deciding command takes (embed a list, read embeddings instead of audio, choose the threshold). Options: `_options`.
 
-Nothing here imports torch: `spkid --help` and TAB completion stay fast.
+Nothing here imports torch at import time: `spkid --help` and TAB completion stay fast.
 """
 
 from __future__ import annotations
@@ -12,16 +13,28 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, TypeVar
+from functools import partial
+from typing import TYPE_CHECKING, TypeVar
 
-import typer
-
-from spkid.errors import SpkidError, check_interrupted
-from spkid.fileio import remove_temp_files
+from spkid.errors import SpkidError, UsageError, check_interrupted
+from spkid.fileio import all_or_nothing
 from spkid.lists import Entry
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from spkid.cli._options import EmbedOptions, RuleOptions
+    from spkid.decisions import ThresholdChoice
+    from spkid.embedding import Embedder, ModelRef
+    from spkid.gallery import Gallery
+    from spkid.npyio import Embeddings
+    from spkid.utterance import Prepared, Preparer, Quality
 
 log = logging.getLogger("spkid")
 T = TypeVar("T")
+U = TypeVar("U")
+
+BATCH_CHUNK = 64  # files prepared (in parallel with -j) before their windows go through the network together
 
 
 @dataclass
@@ -32,33 +45,6 @@ class State:
 
 
 STATE = State()
-
-InputsArg = Annotated[
-    list[str] | None,
-    typer.Argument(
-        help="Audio/feature files, list files (*.txt *.lst *.list *.scp: PATH[<TAB>LABEL] a line), or - for a list on stdin (the default).",
-        show_default=False,
-        metavar="INPUT",
-    ),
-]
-OutDirOpt = Annotated[str, typer.Option("--out-dir", "-d", metavar="DIR", help="Folder for the written files (created; input layout kept below it).")]
-RootOpt = Annotated[
-    str | None,
-    typer.Option("--root", metavar="DIR", help="Strip this folder from input paths to lay out outputs (default: the inputs' common folder)."),
-]
-JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, metavar="N", help="Parallel worker processes (joblib).")]
-ShardOpt = Annotated[
-    str | None,
-    typer.Option("--shard", metavar="I/N", help="Process only every N-th entry starting at the I-th (1-based); `cat` joins shard outputs."),
-]
-SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Warn about and skip unreadable items instead of failing (exit 1 only if all fail).")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Redo outputs that exist already (default: keep them, so a rerun resumes).")]
-LabelDepthOpt = Annotated[
-    int,
-    typer.Option("--label-depth", min=1, metavar="N", help="Without a LABEL column, the speaker is this ancestor folder's name (1 = parent; LibriSpeech/VoxCeleb: 2)."),
-]
-OutputOpt = Annotated[str | None, typer.Option("--output", "-o", metavar="FILE", help="Write to FILE (atomically) instead of stdout.")]
-
 
 class _PlainFormatter(logging.Formatter):
     """`spkid: warning: ...` lines for logs that are not a terminal (CI logs, files): no wrapping, no colour."""
@@ -141,42 +127,66 @@ def _guard(fn: Callable[[Entry], T], entry: Entry) -> T | ItemError:
 
 
 def map_entries(
-    fn: Callable[[Entry], T], entries: Sequence[Entry], *, jobs: int, skip_bad: bool, desc: str
-) -> list[tuple[Entry, T]]:
+    fn: Callable[[Entry], T],
+    entries: Sequence[Entry],
+    *,
+    jobs: int,
+    skip_bad: bool,
+    desc: str,
+    batch: Callable[[list[T]], Sequence[U]] | None = None,
+    chunk: int = BATCH_CHUNK,
+    summary: bool = True,
+) -> list[tuple[Entry, T]] | list[tuple[Entry, U]]:
     """Apply `fn` to every entry (in order, `jobs` processes); return (entry, result) for the good ones.
 
     Strict (default): the first failure raises SpkidError naming the item. `--skip-bad`: failures are warned
     about and counted; SpkidError only when every item failed. `fn` must be picklable for jobs > 1.
+    With `batch`, entries go `chunk` at a time and `batch(results)` turns the good results of each chunk into one
+    output each (prepared files -> their embeddings: the network runs on many files' windows at once), so memory
+    holds one chunk of `fn`'s results, not the whole list's. `summary`: log `done N/N` when there is no bar.
     """
-    results: list[tuple[Entry, T]] = []
+    results: list = []
     errors: list[ItemError] = []
-    if jobs > 1 and len(entries) > 1:
-        from joblib import Parallel, delayed
-
-        # Stopping early on a bad item cancels queued tasks on purpose; joblib would warn about it.
-        warnings.filterwarnings("ignore", message=".*tasks which were still being processed.*")
-        outputs: Iterable = Parallel(n_jobs=jobs, return_as="generator")(delayed(_guard)(fn, e) for e in entries)
-    else:
-        outputs = (_guard(fn, e) for e in entries)
+    step = chunk if batch is not None else max(len(entries), 1)
     with progress_bar(len(entries), desc) as advance:
-        try:
-            for entry, out in zip(entries, outputs):
-                check_interrupted()
-                advance()
-                if keep(out, skip_bad, errors):
-                    results.append((entry, out))
-        except BaseException:  # a bad item, Ctrl-C: joblib stops its workers now, before the caller cleans up
-            if hasattr(outputs, "close"):
-                outputs.close()
-            raise
+        for a in range(0, len(entries), step):
+            part = entries[a : a + step]
+            good = _run_part(fn, part, jobs, skip_bad, errors, advance)
+            if batch is not None and good:
+                good = list(zip((e for e, _ in good), batch([r for _, r in good])))
+            results += good
     if errors:
-        report_skipped(len(results), len(entries), errors)
-    elif not STATE.quiet and not show_progress():
+        _report_skipped(len(results), len(entries), errors)
+    elif summary and not STATE.quiet and not show_progress():
         log.info("done %d/%d", len(results), len(entries))
     return results
 
 
-def keep(out: T | ItemError, skip_bad: bool, errors: list[ItemError]) -> bool:
+def _run_part(fn: Callable[[Entry], T], part: Sequence[Entry], jobs: int, skip_bad: bool, errors: list[ItemError],
+              advance: Callable[[], None]) -> list[tuple[Entry, T]]:
+    if jobs > 1 and len(part) > 1:
+        from joblib import Parallel, delayed
+
+        # Stopping early on a bad item cancels queued tasks on purpose; joblib would warn about it.
+        warnings.filterwarnings("ignore", message=".*tasks which were still being processed.*")
+        outputs: Iterable = Parallel(n_jobs=jobs, return_as="generator")(delayed(_guard)(fn, e) for e in part)
+    else:
+        outputs = (_guard(fn, e) for e in part)
+    good = []
+    try:
+        for entry, out in zip(part, outputs):
+            check_interrupted()
+            advance()
+            if _keep(out, skip_bad, errors):
+                good.append((entry, out))
+    except BaseException:  # a bad item, Ctrl-C: joblib stops its workers now, before the caller cleans up
+        if hasattr(outputs, "close"):
+            outputs.close()
+        raise
+    return good
+
+
+def _keep(out: T | ItemError, skip_bad: bool, errors: list[ItemError]) -> bool:
     """Whether `out` is a good result. A failed item raises SpkidError (strict), or with `skip_bad` is warned
     about and added to `errors`."""
     if not isinstance(out, ItemError):
@@ -188,7 +198,7 @@ def keep(out: T | ItemError, skip_bad: bool, errors: list[ItemError]) -> bool:
     return False
 
 
-def report_skipped(good: int, total: int, errors: list[ItemError]) -> None:
+def _report_skipped(good: int, total: int, errors: list[ItemError]) -> None:
     """The summary after a `--skip-bad` run with failures; SpkidError when every item failed."""
     log.warning("done %d/%d (%d skipped)", good, total, len(errors))
     if not good:
@@ -206,20 +216,12 @@ def run_file_job(
 ) -> list[tuple[Entry, T]]:
     """`map_entries` for commands that write one file per entry to `planned[i]`.
 
-    When the run fails (a bad item in strict mode, Ctrl-C), files this run created are removed again,
-    so a failed command leaves nothing half-done behind; files that existed before are kept. Temp files of
-    workers killed mid-write (joblib kills them when the run stops) are removed too.
+    When the run fails (a bad item in strict mode, a full disk, Ctrl-C), the files and folders this run created are
+    removed again (`fileio.all_or_nothing`), so a failed command leaves nothing half-done behind; what existed
+    before is kept. Temp files of workers killed mid-write (joblib kills them when the run stops) go too.
     """
-    existed = {p for p in planned if p.exists()}
-    try:
+    with all_or_nothing(planned):
         return map_entries(fn, entries, jobs=jobs, skip_bad=skip_bad, desc=desc)
-    except BaseException:
-        for p in planned:
-            if p not in existed:
-                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                    p.unlink()
-        remove_temp_files(planned)
-        raise
 
 
 def check_unique_outputs(entries: Sequence[Entry], planned: Sequence[Path]) -> None:
@@ -228,4 +230,96 @@ def check_unique_outputs(entries: Sequence[Entry], planned: Sequence[Path]) -> N
         if p in seen:
             raise SpkidError(f"{e.path} and {seen[p]} would both be written to {p}; use --root or rename")
         seen[p] = e.path
-# FOUNDATION READY
+
+
+def embedder(opts: EmbedOptions, ref: ModelRef | None = None, jobs: int = 1) -> Embedder:
+    """The network and front end of `ref` (else `opts.model`), set up as the options say (`jobs`: the worker
+    processes preparing files beside it, so that network threads do not oversubscribe the cores)."""
+    from spkid.embedding import Embedder
+
+    return Embedder.from_model(ref if ref is not None else opts.model, opts.device, use_vad=not opts.no_vad,
+                               window_s=opts.window, hop_s=opts.hop, batch_size=opts.batch_size, threads=opts.threads,
+                               backend=opts.backend, jobs=jobs)
+
+
+def embed_entries(emb: Embedder, entries: Sequence[Entry], *, jobs: int = 1, skip_bad: bool = False,
+                  desc: str = "embed", min_speech: float | None = None, purpose: str = "a decision",
+                  summary: bool = True) -> tuple[list[Entry], np.ndarray, list[Quality]]:
+    """Embed every entry through `map_entries`: files prepared `jobs` at a time, windows of a chunk of files batched
+    through the network. An item with less than `min_speech` seconds of speech is a bad item (strict: fails naming
+    it; --skip-bad: skipped and counted), refused for `purpose`. Returns the good entries, their embeddings `(N, D)`
+    and quality records."""
+    import numpy as np
+
+    done = map_entries(partial(_prepare, emb.prep, min_speech, purpose), entries, jobs=jobs, skip_bad=skip_bad, desc=desc,
+                       batch=partial(_embed_batch, emb), summary=summary)
+    vecs = np.stack([v for _, (v, _) in done]) if done else np.zeros((0, emb.net.embed_dim), np.float32)
+    return [e for e, _ in done], vecs, [q for _, (_, q) in done]
+
+
+def _prepare(prep: Preparer, min_speech: float | None, purpose: str, entry: Entry) -> Prepared:
+    prepared = prep.prepare_file(entry.path)
+    if min_speech is not None:
+        from spkid.decisions import require_speech
+
+        require_speech(entry.path, prepared.quality, min_speech, purpose)
+    return prepared
+
+
+def gate_embeddings(emb: Embeddings, min_speech: float, purpose: str, skip_bad: bool) -> list[int]:
+    """The speech gate for embeddings given as they are: the rows whose quality record (written by `spkid embed`)
+    shows enough speech. A row without is a bad item (strict: fails naming it; --skip-bad: skipped and counted);
+    a stream without records (older ones, `--no-vad`) passes, with a warning that its speech was not checked."""
+    from spkid.decisions import require_speech
+
+    if emb.quality is None:
+        log.warning("%s: the embeddings carry no quality record, so their speech was not checked "
+                    "(re-create them with `spkid embed`)", emb.source)
+        return list(range(len(emb.keys)))
+    kept: list[int] = []
+    errors: list[ItemError] = []
+    for i, (key, quality) in enumerate(zip(emb.keys, emb.quality)):
+        out = _guard(lambda e: require_speech(e.path, quality, min_speech, purpose), Entry(str(key)))
+        if _keep(out, skip_bad, errors):
+            kept.append(i)
+    if errors:
+        _report_skipped(len(kept), len(emb.keys), errors)
+    return kept
+
+
+def _embed_batch(emb: Embedder, prepared: list[Prepared]) -> list[tuple[np.ndarray, Quality]]:
+    return list(zip(emb.embed_prepared(prepared), (p.quality for p in prepared)))
+
+
+def embeddings_source(inputs: list[str] | None, forced: bool) -> str | None:
+    """Where embeddings come from instead of audio: with `forced` (--from-embeddings) the one input (or stdin);
+    otherwise stdin when it starts with a `.npy` record (an embedding stream, not a text list); else None."""
+    from spkid import streams
+
+    args = list(inputs or [])
+    if forced:
+        if len(args) > 1:
+            raise UsageError("--from-embeddings reads one embedding file (or stdin); join several with `cat`")
+        return args[0] if args else "-"
+    if args in ([], ["-"]) and streams.stdin_is_npy():
+        return "-"
+    return None
+
+
+def load_cohort(path: str, sha256: str) -> np.ndarray:
+    """The --cohort embeddings as unit rows, checked against the model `sha256`."""
+    from spkid import decisions, streams
+
+    c = streams.read_embeddings(path)
+    return decisions.check_cohort(c.values, c.model_sha256, sha256, path)
+
+
+def choose_threshold(rule: RuleOptions, g: Gallery | None, ref: ModelRef | None, spec=None, *,
+                     as_norm: bool) -> ThresholdChoice:
+    """The one threshold chain of every deciding command: --threshold, the gallery's, the calibration of the
+    model (`ref`, its spec when already read), else none. Logged on stderr."""
+    from spkid import decisions, modelfile
+
+    model_cal = modelfile.model_calibration(ref, spec) if rule.threshold is None else None
+    thr = decisions.choose_threshold(rule.threshold, g, model_cal, ref.label if ref else "", rule.point, as_norm)
+    return thr

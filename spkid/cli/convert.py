@@ -9,18 +9,9 @@ from typing import Annotated, Literal
 import typer
 
 from spkid import audio, lists, streams
-from spkid.cli._common import (
-    InputsArg,
-    JobsOpt,
-    LabelDepthOpt,
-    OutDirOpt,
-    OverwriteOpt,
-    RootOpt,
-    ShardOpt,
-    SkipBadOpt,
-    check_unique_outputs,
-    run_file_job,
-)
+from spkid.cli._common import check_unique_outputs, run_file_job
+from spkid.cli._options import (InputsArg, JobsOpt, LabelDepthOpt, OutDirOpt, OverwriteOpt, RootOpt, ShardOpt,
+                                SkipBadOpt)
 from spkid.lists import Entry
 
 app = typer.Typer(rich_markup_mode=None)

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
 from spkid import filelock, lists, streams
-from spkid.cli._common import InputsArg, JobsOpt, LabelDepthOpt, SkipBadOpt
-from spkid.cli.embed import (
-    BatchOpt,
-    DeviceOpt,
-    HopOpt,
-    ModelOpt,
-    NoVadOpt,
-    ThreadsOpt,
-    WindowOpt,
-    embeddings_source,
-)
-from spkid.errors import SpkidError
+from spkid.cli._common import embed_entries, embeddings_source, embedder, gate_embeddings
+from spkid.cli._options import (BackendOpt, BatchOpt, DeviceOpt, EmbedOptions, FromEmbeddingsOpt, HopOpt, InputsArg, JobsOpt,
+                                LabelDepthOpt, MinSpeechOpt, ModelOpt, NoVadOpt, SkipBadOpt, ThreadsOpt, WindowOpt)
+from spkid.errors import SpkidError, UsageError
+from spkid.lists import printable
 from spkid.report import format_table
+from spkid.utterance import MIN_SPEECH_S
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from spkid.gallery import Gallery
 
 log = logging.getLogger("spkid.enroll")
 app = typer.Typer(rich_markup_mode=None)
@@ -29,22 +29,39 @@ app = typer.Typer(rich_markup_mode=None)
 GalleryOpt = Annotated[str, typer.Option("--gallery", "-g", metavar="DIR", help="The gallery folder (created when missing).")]
 
 
+@dataclass
+class Addition:
+    """What one enroll call adds: a label and an embedding `(N, D)` per utterance, its seconds of speech (None
+    for embeddings given as they are), and the model record gallery.json keeps."""
+
+    labels: list[str]
+    vectors: np.ndarray
+    seconds: list[float] | None
+    meta: dict
+
+    @property
+    def sha256(self) -> str:
+        return self.meta["model"]["sha256"]
+
+
 @app.command()
 def enroll(
     inputs: InputsArg = None,
     gallery_dir: GalleryOpt = ...,
     model: ModelOpt = None,
-    from_embeddings: Annotated[bool, typer.Option("--from-embeddings", help="The input is a keyed embedding matrix (`spkid embed` output), not a list; detected by itself on stdin.")] = False,
+    from_embeddings: FromEmbeddingsOpt = False,
     labels: Annotated[str | None, typer.Option("--labels", metavar="FILE", help="Speaker of each key: a list file of PATH<TAB>LABEL lines (default: the list's labels, or the key's folder).")] = None,
     label_depth: LabelDepthOpt = 1,
     aggregation: Annotated[Literal["mean", "all"] | None, typer.Option("--aggregation", help="New gallery: keep one mean embedding per speaker (mean, the default) or every enrolment embedding (all).")] = None,
     remove: Annotated[list[str] | None, typer.Option("--remove", metavar="NAME", help="Remove this speaker (repeatable).")] = None,
     list_: Annotated[bool, typer.Option("--list", help="Print speakers, utterance counts and seconds of speech (after any change).")] = False,
     threshold: Annotated[float | None, typer.Option("--threshold", metavar="SCORE", help="Store a decision threshold in the gallery (verify/identify use it when given none).")] = None,
+    min_speech: MinSpeechOpt = MIN_SPEECH_S,
     window: WindowOpt = None,
     hop: HopOpt = None,
     no_vad: NoVadOpt = False,
     device: DeviceOpt = "auto",
+    backend: BackendOpt = "auto",
     threads: ThreadsOpt = 0,
     batch_size: BatchOpt = 64,
     jobs: JobsOpt = 1,
@@ -66,19 +83,26 @@ def enroll(
       spkid embed -m model.pt enroll.txt | spkid enroll -g enroll/
       spkid enroll -g enroll/ --remove alice --list
     """
-    from spkid import gallery
+    from spkid import calibration, gallery
 
+    if threshold is not None:
+        calibration.finite_number(threshold, "--threshold", "the threshold")
     g_path = Path(gallery_dir)
     # with --list/--remove/--threshold and no inputs, stdin is read only when something is piped in
     editing_only = (inputs is None and bool(list_ or remove or threshold is not None) and not from_embeddings
                     and not streams.stdin_is_piped())
     existing = gallery.load(g_path) if gallery.exists(g_path) else None
     if existing is not None and aggregation is not None and aggregation != existing.aggregation:
-        raise SpkidError(f"{g_path}: the gallery keeps aggregation {existing.aggregation!r}; "
+        raise UsageError(f"{g_path}: the gallery keeps aggregation {existing.aggregation!r}; "
                          f"--aggregation {aggregation} applies to a new gallery only")
-    add = None if editing_only else _embeddings_to_add(
-        inputs, existing, model, from_embeddings, labels, label_depth, window, hop, no_vad, device, threads,
-        batch_size, jobs, skip_bad)
+    add = None
+    if not editing_only:
+        src = embeddings_source(inputs, from_embeddings)
+        if src is not None:
+            add = _from_stream(src, existing, model, labels, label_depth, min_speech, skip_bad)
+        else:
+            opts = EmbedOptions(model, device, threads, window, hop, no_vad, batch_size, backend)
+            add = _from_audio(inputs, existing, opts, labels, label_depth, min_speech, jobs, skip_bad)
     if existing is None and add is None:
         raise SpkidError(f"{g_path}: no such gallery; build one with `spkid enroll LIST -g {g_path}`")
 
@@ -87,64 +111,70 @@ def enroll(
         if g is None:
             if add is None:
                 raise SpkidError(f"{g_path}: no such gallery; build one with `spkid enroll LIST -g {g_path}`")
-            g = gallery.empty(add["vectors"].shape[1], {**add["meta"], "aggregation": aggregation or "mean"})
+            g = gallery.empty(add.vectors.shape[1], {**add.meta, "aggregation": aggregation or "mean"})
             g.path = g_path
         elif add is not None:
-            gallery.check_model(g.model_sha256, add["meta"]["model"]["sha256"], f"the gallery {g_path}",
+            gallery.check_model(g.model_sha256, add.sha256, f"the gallery {g_path}",
                                 "the embeddings to enroll")
         before = set(g.speakers)
         if add is None:
             new = gallery.updated(g, remove=remove or ())
         else:
-            new = gallery.updated(g, add["labels"], add["vectors"], add["seconds"], remove=remove or ())
+            new = gallery.updated(g, add.labels, add.vectors, add.seconds, remove=remove or ())
         if threshold is not None:
             new.meta["threshold"] = {"score": threshold, "source": "spkid enroll --threshold"}
         changed = add is not None or bool(remove) or threshold is not None
         if changed:
             gallery.save(g_path, new)
     if add is not None:
-        added = set(add["labels"])
-        log.info("enrolled %d utterances of %d speakers (%d new) into %s, now %d speakers", len(add["labels"]),
+        added = set(add.labels)
+        log.info("enrolled %d utterances of %d speakers (%d new) into %s, now %d speakers", len(add.labels),
                  len(added), len(added - before), g_path, len(new.speakers))
     if remove:
-        log.info("removed %s from %s, now %d speakers", ", ".join(remove), g_path, len(new.speakers))
+        log.info("removed %s from %s, now %d speakers", ", ".join(map(printable, remove)), g_path, len(new.speakers))
     if list_:
         rows = [["speaker", "utterances", "seconds"]]
-        rows += [[s, str(c), gallery.fmt_seconds(t)] for s, c, t in gallery.speaker_table(new)]
+        rows += [[printable(s), str(c), gallery.fmt_seconds(t)] for s, c, t in gallery.speaker_table(new)]
         streams.write_text(format_table(rows))
 
 
-def _embeddings_to_add(inputs, existing, model, from_embeddings, labels, label_depth, window, hop, no_vad, device,
-                       threads, batch_size, jobs, skip_bad) -> dict:
-    """{"labels", "vectors" (N, D), "seconds" (N,) or None, "meta" (gallery.json's model/features/embedding)}."""
+def _from_stream(src: str, existing: Gallery | None, model: str | None, labels: str | None, label_depth: int,
+                 min_speech: float, skip_bad: bool) -> Addition:
+    """Embeddings piped from `spkid embed` (or --from-embeddings FILE), used as they are (no network, no torch),
+    those without enough speech refused."""
     from spkid import embedding, gallery
 
-    src = embeddings_source(inputs, from_embeddings)
-    if src is not None:
-        emb = streams.read_embeddings(src)
-        sha = emb.model_sha256
-        if model is not None:
-            ref = embedding.resolve_model(model)
-            if sha is None:
-                log.warning("%s: the embeddings record no model; trusting --model %s", emb.source, model)
-                sha = ref.sha256
-            else:
-                gallery.check_model(sha, ref.sha256, f"the embeddings in {emb.source}", f"--model {model}")
-        elif sha is None:
-            raise SpkidError(f"{emb.source}: the embeddings record no model; pass --model FILE (the model that made them)")
-        if existing is not None:
-            gallery.check_model(existing.model_sha256, sha, f"the gallery {existing.path}", f"the embeddings in {emb.source}")
-        if len(emb.keys) == 0:
-            raise SpkidError(f"{emb.source}: no embeddings to enroll")
-        keys = [str(k) for k in emb.keys]
-        _warn_duplicates(keys)
-        label = emb.meta.get("model") or model
-        path = Path(label) if label and label != "resemblyzer" and Path(label).is_file() else None
-        meta = {"model": {"sha256": sha, "label": label, "path": str(path.resolve()) if path else None},
-                "features": emb.meta.get("features"), "embedding": emb.meta.get("embedding")}
-        return {"labels": _labels_for(keys, labels, label_depth), "vectors": emb.values, "seconds": None, "meta": meta}
+    emb = streams.read_embeddings(src)
+    sha = emb.model_sha256
+    if model is not None:
+        ref = embedding.resolve_model(model)
+        if sha is None:
+            log.warning("%s: the embeddings record no model; trusting --model %s", emb.source, model)
+            sha = ref.sha256
+        else:
+            gallery.check_model(sha, ref.sha256, f"the embeddings in {emb.source}", f"--model {model}")
+    elif sha is None:
+        raise SpkidError(f"{emb.source}: the embeddings record no model; pass --model FILE (the model that made them)")
+    if existing is not None:
+        gallery.check_model(existing.model_sha256, sha, f"the gallery {existing.path}", f"the embeddings in {emb.source}")
+    if len(emb.keys) == 0:
+        raise SpkidError(f"{emb.source}: no embeddings to enroll")
+    rows = gate_embeddings(emb, min_speech, "enrolment", skip_bad)
+    keys = [str(emb.keys[i]) for i in rows]
+    names = _checked_names(_labels_for(keys, labels, label_depth))
+    _warn_duplicates(keys)
+    label = emb.meta.get("model") or model
+    path = Path(label) if label and label != "resemblyzer" and Path(label).is_file() else None
+    meta = {"model": {"sha256": sha, "label": label, "path": str(path.resolve()) if path else None},
+            "features": emb.meta.get("features"), "embedding": emb.meta.get("embedding")}
+    return Addition(names, emb.values[rows], None, meta)
 
-    from spkid.cli.embed import embed_entries
+
+def _from_audio(inputs: list[str] | None, existing: Gallery | None, opts: EmbedOptions, labels: str | None,
+                label_depth: int, min_speech: float, jobs: int, skip_bad: bool) -> Addition:
+    """The listed audio, embedded with the gallery's model (or --model): items without enough speech refused,
+    other quality problems warned about."""
+    from spkid.embedding import model_for_gallery
 
     entries = streams.read_list(inputs, label_depth)
     if not entries:
@@ -156,23 +186,31 @@ def _embeddings_to_add(inputs, existing, model, from_embeddings, labels, label_d
     if unlabelled:
         raise SpkidError(f"{unlabelled[0]}: no speaker label (no LABEL column and no parent folder); "
                          "give PATH<TAB>LABEL lines or --labels FILE")
+    entries = [lists.Entry(e.path, n) for e, n in zip(entries, _checked_names([e.label for e in entries]))]
     _warn_duplicates([e.key for e in entries])
-    ref = embedding.model_for_gallery(model, existing)
-    emb = embedding.Embedder.from_model(ref, device, use_vad=not no_vad, window_s=window, hop_s=hop,
-                                        batch_size=batch_size, threads=threads)
-    good, vectors, quals = embed_entries(emb, entries, jobs=jobs, skip_bad=skip_bad, desc="enroll")
+    ref = model_for_gallery(opts.model, existing, opts.backend)
+    emb = embedder(opts, ref, jobs)
+    good, vectors, quals = embed_entries(emb, entries, jobs=jobs, skip_bad=skip_bad, desc="enroll",
+                                         min_speech=min_speech, purpose="enrolment")
     for e, q in zip(good, quals):
         for problem in q.problems():
             log.warning("%s (%s): %s", e.path, e.label, problem)
     meta = {"model": {"sha256": ref.sha256, "label": ref.label, "path": str(ref.path.resolve())},
             "features": emb.spec.features, "embedding": emb.prep.cfg.to_dict()}
-    return {"labels": [e.label for e in good], "vectors": vectors, "seconds": [q.speech_seconds for q in quals], "meta": meta}
+    return Addition([e.label for e in good], vectors, [q.speech_seconds for q in quals], meta)
 
 
 def _labels_for(keys: list[str], labels_file: str | None, label_depth: int) -> list[str]:
     """Speaker labels of `keys`: from the list file `--labels` (`PATH<TAB>LABEL`), or the list format's folder rule."""
     listed = streams.read_list([labels_file], label_depth) if labels_file else None
     return lists.labels_for(keys, listed, label_depth, f"--labels {labels_file}")
+
+
+def _checked_names(names: list[str]) -> list[str]:
+    """Every label as the gallery stores it (NFC), checked before any work: a bad name fails at once."""
+    from spkid import gallery
+
+    return [gallery.check_name(n) for n in names]
 
 
 def _warn_duplicates(keys: list[str]) -> None:

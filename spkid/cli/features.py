@@ -12,18 +12,9 @@ import numpy as np
 import typer
 
 from spkid import fileio, lists, streams
-from spkid.cli._common import (
-    InputsArg,
-    JobsOpt,
-    LabelDepthOpt,
-    OutDirOpt,
-    OverwriteOpt,
-    RootOpt,
-    ShardOpt,
-    SkipBadOpt,
-    check_unique_outputs,
-    run_file_job,
-)
+from spkid.cli._common import check_unique_outputs, run_file_job
+from spkid.cli._options import (InputsArg, JobsOpt, LabelDepthOpt, OutDirOpt, OverwriteOpt, RootOpt, ShardOpt,
+                                SkipBadOpt)
 from spkid.cmvn import Norm
 from spkid.errors import SpkidError
 from spkid.features import Backend, FeatureConfig, Kind, LogType, Window

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
 
-from spkid import decisions, lists, streams, tracking
-from spkid.cli._common import InputsArg, JobsOpt, LabelDepthOpt, SkipBadOpt
-from spkid.cli.embed import BatchOpt, DeviceOpt, ModelOpt, NoVadOpt, ThreadsOpt, embeddings_source
-from spkid.cli.verify import CohortOpt, PointOpt, ScoreByOpt, ThresholdOpt, load_cohort
-from spkid.errors import SpkidError
+from spkid import lists, streams, tracking
+from spkid.cli._common import (choose_threshold, embed_entries, embeddings_source, embedder, gate_embeddings,
+                               load_cohort)
+from spkid.cli._options import (BackendOpt, BatchOpt, CohortOpt, DeviceOpt, EmbedOptions, FromEmbeddingsOpt, InputsArg, JobsOpt,
+                                LabelDepthOpt, MinSpeechOpt, ModelOpt, NoVadOpt, PointOpt, RuleOptions, ScoreByOpt,
+                                SkipBadOpt, ThreadsOpt, ThresholdOpt)
+from spkid.errors import SpkidError, UsageError
+from spkid.utterance import MIN_SPEECH_S
+
+if TYPE_CHECKING:
+    from spkid.embedding import ModelRef
+    from spkid.gallery import Gallery
 
 log = logging.getLogger("spkid.identify")
 app = typer.Typer(rich_markup_mode=None)
-
-MIN_SPEECH_S = 0.5
 
 
 @app.command()
@@ -33,13 +37,14 @@ def identify(
     point: PointOpt = "eer",
     cohort: CohortOpt = None,
     score_by: ScoreByOpt = "best",
-    from_embeddings: Annotated[bool, typer.Option("--from-embeddings", help="The input is a keyed embedding matrix (`spkid embed` output); detected by itself on stdin.")] = False,
+    from_embeddings: FromEmbeddingsOpt = False,
     label_depth: LabelDepthOpt = 1,
-    min_speech: Annotated[float, typer.Option("--min-speech", min=0.0, metavar="SECONDS", help="Refuse clips with less speech than this.")] = MIN_SPEECH_S,
+    min_speech: MinSpeechOpt = MIN_SPEECH_S,
     window: Annotated[float | None, typer.Option("--window", metavar="SECONDS", help=f"With --in: sliding window length (default {tracking.WINDOW_S:g}); else the model's window for long clips.")] = None,
     hop: Annotated[float | None, typer.Option("--hop", min=0.01, metavar="SECONDS", help=f"With --in: step between windows (default {tracking.HOP_S:g}); else the model's.")] = None,
     no_vad: NoVadOpt = False,
     device: DeviceOpt = "auto",
+    backend: BackendOpt = "auto",
     threads: ThreadsOpt = 0,
     batch_size: BatchOpt = 64,
     jobs: JobsOpt = 1,
@@ -70,72 +75,79 @@ def identify(
     g = gallery.load(gallery_dir)
     if len(g.speakers) == 0:
         raise SpkidError(f"{gallery_dir}: the gallery has no speakers; enroll some with `spkid enroll LIST -g {gallery_dir}`")
+    opts = EmbedOptions(model, device, threads, window, hop, no_vad, batch_size, backend)
+    rule = RuleOptions(threshold, point, cohort, score_by)
     if long_input is not None:
         if inputs:
-            raise SpkidError("--in takes one long recording; give no clips as arguments")
-        _long(long_input, g, model, window, hop, threshold, point, cohort, score_by, as_json, no_vad, device, threads, batch_size)
+            raise UsageError("--in takes one long recording; give no clips as arguments")
+        _long(long_input, g, opts, rule, as_json)
         return
     src = embeddings_source(inputs, from_embeddings)
-    ref = None
     if src is not None:
-        emb = streams.read_embeddings(src)
-        gallery.check_model(emb.model_sha256, g.model_sha256 or "", f"the embeddings in {emb.source}", f"the gallery {g.path}")
-        keys = [str(k) for k in emb.keys]
-        labels = [lists.label_from_path(k, label_depth) for k in keys]
-        from spkid.scoring import unit
-
-        queries = unit(emb.values, np.float32)
-        sha = emb.model_sha256
-        if model is not None:
-            from spkid.embedding import model_for_gallery
-
-            ref = model_for_gallery(model, g)
+        keys, labels, queries, quality, sha, ref = _from_embeddings(src, g, opts.model, label_depth, min_speech, skip_bad)
+        spec = None
     else:
-        from spkid.cli.embed import embed_entries
-        from spkid.embedding import Embedder, model_for_gallery
+        from spkid.embedding import model_for_gallery
 
         entries = streams.read_list(inputs, label_depth)
         if not entries:
             raise SpkidError("the input list is empty")
-        ref = model_for_gallery(model, g)
-        sha = ref.sha256
-        emb_ = Embedder.from_model(ref, device, use_vad=not no_vad, window_s=window, hop_s=hop, batch_size=batch_size,
-                                   threads=threads)
-
-        def long_enough(entry, prepared) -> None:
-            q = prepared.quality
-            if q.speech_seconds < min_speech:
-                extra = f" in {q.seconds:.2f} s of audio" if q.seconds > q.speech_seconds + 0.01 else ""
-                raise SpkidError(f"{entry.path}: only {q.speech_seconds:.2f} s of speech{extra}; identification needs at "
-                                 f"least {min_speech:g} s (--min-speech)")
-
-        good, queries, _ = embed_entries(emb_, entries, jobs=jobs, skip_bad=skip_bad, desc="identify", check=long_enough)
-        keys = [e.key for e in good]
-        labels = [e.label for e in good]
-    norm = decisions.as_norm_stats(g, queries, load_cohort(cohort, sha)) if cohort else None
-    from spkid import modelfile
-
-    model_cal = modelfile.model_calibration(ref, None if src is not None else emb_.spec)
-    thr = decisions.choose_threshold(threshold, g, model_cal, ref.label if ref else "", point, norm is not None)
-    if thr.score is None:
-        log.info("closed set: every clip gets its best speaker; %s", thr.source)
-    else:
-        log.info("%s", thr.describe())
-    idx, scores = decisions.rank(g, queries, max(top_k, 2), score_by, norm)
-    records = decisions.identify_records(keys, labels, g.speakers, idx, scores, top_k, thr.score)
+        ref = model_for_gallery(opts.model, g, opts.backend)
+        emb = embedder(opts, ref, jobs)
+        spec, sha = emb.spec, ref.sha256
+        good, queries, quals = embed_entries(emb, entries, jobs=jobs, skip_bad=skip_bad, desc="identify",
+                                             min_speech=min_speech, purpose="identification")
+        keys, labels, quality = [e.key for e in good], [e.label for e in good], [q.to_dict() for q in quals]
+    records = _decide(g, queries, keys, labels, quality, sha, ref, spec, rule, top_k)
     streams.write_text("".join((r.to_json() if as_json else r.to_text(top_k > 1)) + "\n" for r in records))
 
 
-def _long(path, g, model, window, hop, threshold, point, cohort, score_by, as_json, no_vad, device, threads, batch_size) -> None:
-    from spkid.embedding import Embedder, model_for_gallery
+def _from_embeddings(src: str, g: Gallery, model: str | None, label_depth: int, min_speech: float, skip_bad: bool):
+    """Keys, labels, unit queries, quality records and model sha256 of the rows of an embedding stream with enough
+    speech (the same gate as for audio), and the model that made them (for its calibration: the same threshold
+    chain as for audio), None when that model is not found here."""
+    from spkid import gallery
+    from spkid.embedding import model_for_gallery
+    from spkid.scoring import unit
 
-    win_s = tracking.WINDOW_S if window is None else window
-    hop_s = tracking.HOP_S if hop is None else hop
+    emb = streams.read_embeddings(src)
+    gallery.check_model(emb.model_sha256, g.model_sha256 or "", f"the embeddings in {emb.source}", f"the gallery {g.path}")
+    rows = gate_embeddings(emb, min_speech, "identification", skip_bad)
+    keys = [str(emb.keys[i]) for i in rows]
+    quality = None if emb.quality is None else [emb.quality[i] for i in rows]
+    try:
+        ref = model_for_gallery(model, g)
+    except SpkidError as e:
+        if model is not None:
+            raise
+        log.warning("%s; its calibration is not used", e)
+        ref = None
+    labels = [lists.label_from_path(k, label_depth) for k in keys]
+    return keys, labels, unit(emb.values[rows], np.float32), quality, emb.model_sha256, ref
+
+
+def _decide(g: Gallery, queries: np.ndarray, keys: list[str], labels: list[str | None], quality: list | None,
+            sha: str | None, ref: ModelRef | None, spec, rule: RuleOptions, top_k: int):
+    from spkid import decisions
+
+    norm = decisions.as_norm_stats(g, queries, load_cohort(rule.cohort, sha)) if rule.cohort else None
+    thr = choose_threshold(rule, g, ref, spec, as_norm=norm is not None)
+    log.info("%s", thr.describe() if thr.score is not None else f"closed set: every clip gets its best speaker; {thr.source}")
+    idx, scores = decisions.rank(g, queries, max(top_k, 2), rule.score_by, norm)
+    return decisions.identify_records(keys, labels, g.speakers, idx, scores, top_k, thr.score, quality)
+
+
+def _long(path: str, g: Gallery, opts: EmbedOptions, rule: RuleOptions, as_json: bool) -> None:
+    from spkid import decisions
+    from spkid.embedding import model_for_gallery
+
+    win_s = tracking.WINDOW_S if opts.window is None else opts.window
+    hop_s = tracking.HOP_S if opts.hop is None else opts.hop
     if not win_s > 0:
-        raise SpkidError(f"--window must be > 0 seconds with --in, got {win_s}")
-    ref = model_for_gallery(model, g)
-    emb = Embedder.from_model(ref, device, batch_size=batch_size, threads=threads)
-    track = tracking.Track.load(path, emb.prep, win_s, hop_s, use_vad=not no_vad)
+        raise UsageError(f"--window must be > 0 seconds with --in, got {win_s}")
+    ref = model_for_gallery(opts.model, g, opts.backend)
+    emb = embedder(EmbedOptions(opts.model, opts.device, opts.threads, batch_size=opts.batch_size, backend=opts.backend), ref)
+    track = tracking.Track.load(path, emb.prep, win_s, hop_s, use_vad=not opts.no_vad)
     # features are computed group by group as the network takes them: memory does not grow with the recording
     windows = track.windows(emb.prep)
     parts = [emb.embed_prepared(group) for group in tracking.group_by_windows(windows, lambda p: len(p.windows))]
@@ -144,19 +156,9 @@ def _long(path, g, model, window, hop, threshold, point, cohort, score_by, as_js
         streams.write_text("")
         return
     vecs = np.concatenate(parts)
-    norm = decisions.as_norm_stats(g, vecs, load_cohort(cohort, ref.sha256)) if cohort else None
-    from spkid import modelfile
-
-    thr = decisions.choose_threshold(threshold, g, modelfile.model_calibration(ref, emb.spec), ref.label, point, norm is not None)
+    norm = decisions.as_norm_stats(g, vecs, load_cohort(rule.cohort, ref.sha256)) if rule.cohort else None
+    thr = choose_threshold(rule, g, ref, emb.spec, as_norm=norm is not None)
     log.info("%s", thr.describe() if thr.score is not None else f"closed set: every voiced window gets its best speaker; {thr.source}")
-    idx, scores = decisions.rank(g, vecs, 1, score_by, norm)
-    best = [float(s) for s in scores[:, 0]]
-    named = [g.speakers[i] if thr.score is None or s >= thr.score else None for i, s in zip(idx[:, 0], best)]
-    runs = track.runs(named, np.array(best))
-    if as_json:
-        text = "".join(json.dumps({"start": round(a, 3), "end": round(b, 3), "speaker": spk, "score": sc, "windows": w,
-                                   "threshold": thr.score, "file": path}, ensure_ascii=False) + "\n"
-                       for a, b, spk, sc, w in runs)
-    else:
-        text = "".join(f"{a:.2f}\t{b:.2f}\t{spk}\t{sc:.6f}\n" for a, b, spk, sc, w in runs)
-    streams.write_text(text)
+    idx, scores = decisions.rank(g, vecs, 1, rule.score_by, norm)
+    named, best = decisions.name_windows(g.speakers, idx, scores, thr.score)
+    streams.write_text(tracking.format_runs(track.runs(named, best), thr.score, path, as_json))

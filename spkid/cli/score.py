@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from spkid import calibration, lists, metrics, report, streams
-from spkid.errors import SpkidError
+from spkid.errors import SpkidError, UsageError
 from spkid.report import format_table
 from spkid.trials import IdRecord, ScoreList, labelled, parse_trials, read_input
 
@@ -192,12 +192,12 @@ def score(
     if isinstance(parsed, list):
         for name, bad in (("--trials", trials), ("--threshold", threshold), ("--llr", llr), ("--bootstrap", bootstrap)):
             if bad:
-                raise SpkidError(f"{name} applies to verification scores, but {_source(src)} holds identification results")
+                raise UsageError(f"{name} applies to verification scores, but {_source(src)} holds identification results")
         _identification(parsed, top_k or 5, far, confusion, as_json, plot)
         return
     for name, bad in (("--top-k", top_k), ("--confusion", confusion)):
         if bad:
-            raise SpkidError(f"{name} applies to identification results (`spkid identify --json`), but {_source(src)} holds scores")
+            raise UsageError(f"{name} applies to identification results (`spkid identify --json`), but {_source(src)} holds scores")
     tri = parse_trials(_read_lines(trials, "trials"), trials) if trials else None
     data = labelled(parsed, tri)
     cfg = metrics.VerificationConfig(

@@ -9,7 +9,8 @@ from typing import Annotated, Literal
 import typer
 
 from spkid import streams
-from spkid.cli._common import STATE, InputsArg, LabelDepthOpt, err_console, show_progress
+from spkid.cli._common import STATE, err_console, show_progress
+from spkid.cli._options import InputsArg, LabelDepthOpt
 from spkid.errors import SpkidError
 
 app = typer.Typer(rich_markup_mode=None)

@@ -12,19 +12,9 @@ import typer
 
 from spkid import audio, lists, streams
 from spkid import vad as core
-from spkid.cli._common import (
-    InputsArg,
-    JobsOpt,
-    LabelDepthOpt,
-    OutputOpt,
-    OverwriteOpt,
-    RootOpt,
-    ShardOpt,
-    SkipBadOpt,
-    check_unique_outputs,
-    map_entries,
-    run_file_job,
-)
+from spkid.cli._common import check_unique_outputs, map_entries, run_file_job
+from spkid.cli._options import (InputsArg, JobsOpt, LabelDepthOpt, OutputOpt, OverwriteOpt, RootOpt, ShardOpt,
+                                SkipBadOpt)
 from spkid.lists import Entry
 from spkid.vad import SAMPLE_RATE, VadConfig
 
@@ -117,7 +107,9 @@ def vad(
     positions = lists.shard(list(range(len(everything))), shard)
     entries = [everything[i] for i in positions]
     if trim:
-        _run_trim(entries, cfg, out_dir, root, fmt, jobs=jobs, skip_bad=skip_bad, overwrite=overwrite)
+        # the layout below --root is the whole list's, so every shard writes where an unsharded run would
+        base = Path(root) if root else lists.default_root([e.path for e in everything])
+        _run_trim(entries, cfg, out_dir, base, fmt, jobs=jobs, skip_bad=skip_bad, overwrite=overwrite)
         return
     results = map_entries(partial(_detect, cfg=cfg), entries, jobs=jobs, skip_bad=skip_bad, desc="vad")
     done = {e.path: r for e, r in results}
@@ -136,9 +128,8 @@ def vad(
     streams.write_array(out, output)
 
 
-def _run_trim(entries: list[Entry], cfg: VadConfig, out_dir: str, root: str | None, fmt: str, *,
+def _run_trim(entries: list[Entry], cfg: VadConfig, out_dir: str, base: Path, fmt: str, *,
               jobs: int, skip_bad: bool, overwrite: bool) -> None:
-    base = Path(root) if root else lists.default_root([e.path for e in entries])
     suffix = audio.FORMATS[fmt][1]
     planned = [lists.output_path(e.path, out_dir, base, suffix) for e in entries]
     check_unique_outputs(entries, planned)

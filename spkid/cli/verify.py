@@ -2,38 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
 
-from spkid import decisions, lists, streams
-from spkid.cli._common import JobsOpt, SkipBadOpt
-from spkid.cli.embed import BatchOpt, DeviceOpt, HopOpt, ModelOpt, NoVadOpt, ThreadsOpt, WindowOpt
-from spkid.errors import SpkidError
+from spkid import lists, streams
+from spkid.cli._common import choose_threshold, embed_entries, embedder, gate_embeddings, load_cohort
+from spkid.cli._options import (BackendOpt, BatchOpt, CohortOpt, DeviceOpt, EmbedOptions, HopOpt, JobsOpt, MinSpeechOpt, ModelOpt,
+                                NoVadOpt, PointOpt, RuleOptions, ScoreByOpt, SkipBadOpt, ThreadsOpt, ThresholdOpt,
+                                WindowOpt)
+from spkid.utterance import MIN_SPEECH_S
+from spkid.errors import SpkidError, UsageError
+
+if TYPE_CHECKING:
+    from spkid.gallery import Gallery
 
 log = logging.getLogger("spkid.verify")
 app = typer.Typer(rich_markup_mode=None)
 
-OperatingPoint = Literal["eer", "min_dcf", "bayes", "far"]
-ThresholdOpt = Annotated[float | None, typer.Option("--threshold", "-t", metavar="SCORE", help="Accept scores >= SCORE (default: the gallery's or the model's calibration).")]
-PointOpt = Annotated[OperatingPoint, typer.Option("--operating-point", help="Which calibrated threshold to use: equal error rate, minimum DCF, Bayes decision at the calibration prior, or the target FAR.")]
-CohortOpt = Annotated[str | None, typer.Option("--cohort", metavar="FILE", help="Keyed matrix of cohort embeddings (`spkid embed` output, other speakers) for AS-norm.")]
-ScoreByOpt = Annotated[Literal["best", "mean"], typer.Option("--score-by", help="Galleries that keep every enrolment embedding: score a speaker by its best or its mean cosine.")]
 GalleryOpt = Annotated[str | None, typer.Option("--gallery", "-g", metavar="DIR", help="A gallery folder built by `spkid enroll`.")]
-
-
-def load_cohort(path: str, sha: str) -> np.ndarray:
-    c = streams.read_embeddings(path)
-    return decisions.check_cohort(c.values, c.model_sha256, sha, path)
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.6f}"
 
 
 @app.command()
@@ -52,10 +42,12 @@ def verify(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing; exit 0 accept, 1 reject, 2 error (like grep -q).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of text.")] = False,
     output: Annotated[str | None, typer.Option("--output", "-o", metavar="FILE", help="With --trials: write the scores to FILE (atomically).")] = None,
+    min_speech: MinSpeechOpt = MIN_SPEECH_S,
     window: WindowOpt = None,
     hop: HopOpt = None,
     no_vad: NoVadOpt = False,
     device: DeviceOpt = "auto",
+    backend: BackendOpt = "auto",
     threads: ThreadsOpt = 0,
     batch_size: BatchOpt = 64,
     jobs: JobsOpt = 1,
@@ -77,94 +69,91 @@ def verify(
       spkid verify --trials trials.txt --root vox1/wav -m model.pt | spkid score
       spkid verify --trials trials.txt --embeddings emb.npy --cohort cohort.npy > scores.txt
     """
-    params = dict(locals())
+    opts = EmbedOptions(model, device, threads, window, hop, no_vad, batch_size, backend)
+    rule = RuleOptions(threshold, point, cohort, score_by)
+    args = list(inputs or [])
+    if trials is not None:
+        if args:
+            raise UsageError("--trials scores a trials list; give no clips as arguments")
+        if quiet:
+            raise UsageError("-q decides one trial; it does not apply to --trials")
+        _trials(trials, _gallery(gallery_dir), embeddings, root, opts, rule, output, min_speech, jobs, skip_bad)
+        return
+    if embeddings is not None:
+        raise UsageError("--embeddings goes with --trials")
+    if speaker is not None and gallery_dir is None:
+        raise UsageError("--speaker needs --gallery DIR (the gallery the speaker is enrolled in)")
+    if gallery_dir is not None and speaker is None:
+        raise UsageError("with --gallery, name the claimed speaker: --speaker NAME (or use `spkid identify` to search)")
+    want = 1 if gallery_dir is not None else 2
+    if len(args) != want:
+        raise UsageError(f"expected {want} clip{'s' * (want > 1)}{' (with --gallery --speaker)' if gallery_dir else ''}, "
+                         f"got {len(args)}")
     if not quiet:
-        _verify(**params)
+        _pair(args, _gallery(gallery_dir), speaker, opts, rule, min_speech, as_json)
         return
     try:
-        accepted = _verify(**params)
+        accepted = _pair(args, _gallery(gallery_dir), speaker, opts, rule, min_speech, as_json, quiet=True)
     except SpkidError as e:
         print(f"spkid verify: error: {e}", file=sys.stderr)
         raise typer.Exit(2) from None
     raise typer.Exit(0 if accepted else 1)
 
 
-def _verify(inputs, gallery_dir, speaker, trials, embeddings, root, model, threshold, point, cohort, score_by, quiet,
-            as_json, output, window, hop, no_vad, device, threads, batch_size, jobs, skip_bad) -> bool | None:
+def _gallery(path: str | None) -> Gallery | None:
     from spkid import gallery
 
-    args = list(inputs or [])
-    g = gallery.load(gallery_dir) if gallery_dir else None
-    if trials is not None:
-        if args:
-            raise SpkidError("--trials scores a trials list; give no clips as arguments")
-        if quiet:
-            raise SpkidError("-q decides one trial; it does not apply to --trials")
-        _trials(trials, g, embeddings, root, model, cohort, score_by, output, window, hop, no_vad, device, threads,
-                batch_size, jobs, skip_bad)
-        return None
-    if embeddings is not None:
-        raise SpkidError("--embeddings goes with --trials")
-    if speaker is not None and g is None:
-        raise SpkidError("--speaker needs --gallery DIR (the gallery the speaker is enrolled in)")
-    if g is not None and speaker is None:
-        raise SpkidError("with --gallery, name the claimed speaker: --speaker NAME (or use `spkid identify` to search)")
-    want = 1 if g is not None else 2
-    if len(args) != want:
-        raise SpkidError(f"expected {want} clip{'s' * (want > 1)}{' (with --gallery --speaker)' if g else ''}, got {len(args)}")
-    from spkid.cli.embed import embed_entries
-    from spkid.embedding import Embedder, model_for_gallery
+    return gallery.load(path) if path else None
 
-    ref = model_for_gallery(model, g)
-    emb = Embedder.from_model(ref, device, use_vad=not no_vad, window_s=window, hop_s=hop, batch_size=batch_size,
-                              threads=threads)
+
+def _pair(args: list[str], g: Gallery | None, speaker: str | None, opts: EmbedOptions, rule: RuleOptions,
+          min_speech: float, as_json: bool, quiet: bool = False) -> bool | None:
+    """Score one trial (two clips, or a clip against `speaker` of `g`) and decide; with `quiet`, only decide.
+    A clip with less than `min_speech` seconds of speech is refused: no score without speech behind it."""
+    from spkid import decisions
+    from spkid.embedding import model_for_gallery
+
+    if g is not None:
+        g.index(speaker)  # an unknown name fails before any work
+    ref = model_for_gallery(opts.model, g, opts.backend)
+    emb = embedder(opts, ref)
     entries = [lists.Entry(a) for a in args]
-    _, vecs, quals = embed_entries(emb, entries, desc="verify")
+    _, vecs, quals = embed_entries(emb, entries, desc="verify", min_speech=min_speech, purpose="verification",
+                                   summary=False)
     for e, q in zip(entries, quals):
         if q.speech_seconds < emb.prep.cfg.min_s:
             log.warning("%s: only %.2f s of speech; the score is unreliable", e.path, q.speech_seconds)
-    cohort_emb = load_cohort(cohort, ref.sha256) if cohort else None
+    cohort = load_cohort(rule.cohort, ref.sha256) if rule.cohort else None
     if g is not None:
-        row = g.index(speaker)
-        enroll_vec = np.asarray(g.embeddings[row])
-        score = float(decisions.speaker_scores(g, np.array([row]), vecs[:1], score_by)[0])
-        enroll_name, test_vec, test_name = speaker, vecs[0], args[0]
+        score = decisions.claim_score(g, speaker, vecs[0], rule.score_by, cohort)
+        names = (speaker, args[0])
     else:
-        enroll_vec, test_vec = vecs[0], vecs[1]
-        score = float(enroll_vec @ test_vec)
-        enroll_name, test_name = args
-    if cohort_emb is not None:
-        from spkid import scoring
-
-        score = scoring.as_norm_pair(score, enroll_vec, test_vec, cohort_emb, scoring.AS_NORM_TOP_N)
-    from spkid import modelfile
-
-    model_cal = modelfile.model_calibration(ref, emb.spec)
-    thr = decisions.choose_threshold(threshold, g, model_cal, ref.label, point, cohort_emb is not None)
+        score = decisions.pair_score(vecs[0], vecs[1], cohort)
+        names = (args[0], args[1])
+    thr = choose_threshold(rule, g, ref, emb.spec, as_norm=cohort is not None)
     if thr.score is None and quiet:
         raise SpkidError(f"-q needs a decision, but there is {decisions.NO_THRESHOLD}")
-    accepted = None if thr.score is None else score >= thr.score
-    decision = None if accepted is None else ("accept" if accepted else "reject")
+    quality = {"enroll": None if g is not None else quals[0].to_dict(), "test": quals[-1].to_dict()}
+    result = decisions.VerifyResult(*names, score, thr, cohort is not None, ref.sha256, quality)
     if quiet:
-        return accepted
+        return result.accepted
     if as_json:
-        obj = {"enroll": enroll_name, "test": test_name, "score": score, "decision": decision, **thr.to_json(),
-               "as_norm": cohort_emb is not None, "model_sha256": ref.sha256}
-        streams.write_text(json.dumps(obj) + "\n")
+        streams.write_text(result.to_json() + "\n")
     else:
-        streams.write_text(f"{_fmt(score)}\t{decision}\n" if decision else f"{_fmt(score)}\n")
+        streams.write_text(result.to_text() + "\n")
         log.info("%s", thr.describe())
-    return accepted
+    return result.accepted
 
 
-def _trials(path, g, embeddings, root, model, cohort, score_by, output, window, hop, no_vad, device, threads, batch_size,
-            jobs, skip_bad) -> None:
-    from spkid import gallery, scoring
-    from spkid.trials import parse_trials
+def _trials(path: str, g: Gallery | None, embeddings: str | None, root: str | None, opts: EmbedOptions,
+            rule: RuleOptions, output: str | None, min_speech: float, jobs: int, skip_bad: bool) -> None:
+    """One ENROLL TEST SCORE LABEL line per trial of the trials file `path`; files without enough speech are
+    refused (strict) or skipped with their trials (--skip-bad)."""
+    from spkid import decisions, gallery, trials
 
     with streams.open_input(path) as f:
         text = lists.decode_text(f.read(), "<stdin>" if path == "-" else path, "trials")
-    t = parse_trials(lists.split_lines(text), path)
+    t = trials.parse_trials(lists.split_lines(text), path)
     if g is not None:
         missing = sorted({e for e in t.enroll if e not in g._lookup()})
         if missing:
@@ -175,51 +164,35 @@ def _trials(path, g, embeddings, root, model, cohort, score_by, output, window, 
     if embeddings is not None:
         src = streams.read_embeddings(embeddings)
         sha = src.model_sha256
-        if sha is None and (g is not None or model is not None or cohort):
+        if sha is None and (g is not None or opts.model is not None or rule.cohort):
             raise SpkidError(f"{embeddings}: the embeddings record no model, so they cannot be checked against "
-                             f"{'the gallery' if g is not None else '--model' if model is not None else 'the cohort'}; "
+                             f"{'the gallery' if g is not None else '--model' if opts.model is not None else 'the cohort'}; "
                              "re-create them with `spkid embed`")
         if g is not None:
             gallery.check_model(g.model_sha256, sha, f"the gallery {g.path}", f"the embeddings in {embeddings}")
-        if model is not None:
+        if opts.model is not None:
             from spkid import embedding
 
-            gallery.check_model(sha, embedding.resolve_model(model).sha256, f"the embeddings in {embeddings}", f"--model {model}")
-        index = {str(k): i for i, k in enumerate(src.keys)}
-        absent = [f for f in files if f not in index and _rooted(f, root) not in index]
-        if absent:
-            raise SpkidError(f"{embeddings}: no embedding for {len(absent)} of the {len(files)} files in {path}, "
-                             f"e.g. {absent[0]!r}; embed them first")
-        vec = {f: scoring.unit(src.values[index.get(f, index.get(_rooted(f, root)))], np.float32) for f in files}
-        ref = None
+            gallery.check_model(sha, embedding.resolve_model(opts.model).sha256, f"the embeddings in {embeddings}",
+                                f"--model {opts.model}")
+        rows = gate_embeddings(src, min_speech, "verification", skip_bad)
+        vec = decisions.vectors_for(files, src.keys[rows], src.values[rows], lambda f: _rooted(f, root), embeddings,
+                                    path, skipped={str(k) for k in src.keys} - {str(k) for k in src.keys[rows]})
     else:
-        from spkid.cli.embed import embed_entries
-        from spkid.embedding import Embedder, model_for_gallery
+        from spkid.embedding import model_for_gallery
 
-        ref = model_for_gallery(model, g)
+        ref = model_for_gallery(opts.model, g, opts.backend)
         sha = ref.sha256
-        emb = Embedder.from_model(ref, device, use_vad=not no_vad, window_s=window, hop_s=hop, batch_size=batch_size,
-                                  threads=threads)
         entries = [lists.Entry(_rooted(f, root)) for f in files]
-        good, vecs, _ = embed_entries(emb, entries, jobs=jobs, skip_bad=skip_bad, desc="verify")
+        good, vecs, _ = embed_entries(embedder(opts, ref, jobs), entries, jobs=jobs, skip_bad=skip_bad, desc="verify",
+                                      min_speech=min_speech, purpose="verification")
         by_path = {e.path: v for e, v in zip(good, vecs)}
         vec = {f: by_path[_rooted(f, root)] for f in files if _rooted(f, root) in by_path}
-    keep = [i for i in range(len(t.enroll)) if t.test[i] in vec and (g is not None or t.enroll[i] in vec)]
-    if len(keep) < len(t.enroll):
-        log.warning("%d of %d trials dropped: their files were skipped", len(t.enroll) - len(keep), len(t.enroll))
-    test = np.stack([vec[t.test[i]] for i in keep])
-    if g is not None:
-        rows = np.array([g.index(t.enroll[i]) for i in keep])
-        enroll_m = np.asarray(g.embeddings[rows])
-        scores = decisions.speaker_scores(g, rows, test, score_by)
-    else:
-        enroll_m = np.stack([vec[t.enroll[i]] for i in keep])
-        scores = np.einsum("nd,nd->n", enroll_m, test).astype(np.float64)
-    if cohort:
-        scores = scoring.as_norm(scores, enroll_m, test, load_cohort(cohort, sha), scoring.AS_NORM_TOP_N)
-    lines = "".join(f"{t.enroll[i]}\t{t.test[i]}\t{_fmt(s)}\t{'target' if t.label[i] else 'nontarget'}\n"
-                    for i, s in zip(keep, scores))
-    streams.write_text(lines, output)
+    cohort = load_cohort(rule.cohort, sha) if rule.cohort else None
+    kept, scores = decisions.score_trials(t, vec, g, rule.score_by, cohort)
+    if len(kept) < len(t.enroll):
+        log.warning("%d of %d trials dropped: their files were skipped", len(t.enroll) - len(kept), len(t.enroll))
+    streams.write_text(trials.format_scores(t, kept, scores), output)
 
 
 def _rooted(name: str, root: str | None) -> str:

@@ -1,0 +1,143 @@
+"""`spkid export`: a model file's network as ONNX, with the model's record in the ONNX metadata (`spkid.onnxnet`).
+
+Every architecture of `spkid.models` exports, and so does the pretrained resemblyzer encoder: input `features`
+`(batch, frames, feat_dim)` float32, output `embedding` `(batch, embed_dim)`, batch and frames dynamic. The export
+is checked before it is written: onnxruntime must give the torch network's embeddings (cosine distance < 1e-5) on
+windows of another batch size and length than the traced ones.
+
+Exporter: torch.onnx's TorchScript-based exporter (`dynamo=False`, opset 17). It needs only the `onnx` package;
+the torch.export-based one (torch's default since 2.9) also needs onnxscript and onnx_ir, takes 10-20 times
+longer here, and, like the TorchScript one, has no ONNX form of an LSTM with projections. Such an LSTM
+(`lstm_ge2e` with `proj_size`) is exported as the plain LSTM it equals: with `m` the unprojected output
+`o * tanh(c)` and `h = W_hr m`, the recurrence `W_hh h` is `(W_hh W_hr) m` and the next layer's input `W_ih h` is
+`(W_ih W_hr) m`; `W_hr` is applied once, to the last state (products in float64).
+
+    >>> from spkid import onnxexport
+    >>> onnxexport.export("model.pt", "model.onnx")      # or "resemblyzer"; returns the identity
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spkid import onnxnet
+from spkid.errors import SpkidError
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+TRACE_SHAPE = (2, 200)  # (batch, frames) of the traced input
+CHECK_SHAPE = (3, 137)  # another batch size and length: the dynamic axes must hold
+MAX_COSINE_DISTANCE = 1e-5
+
+
+class _FoldedProjectionLSTM(nn.Module):
+    """`lstm_ge2e` with LSTM projections as a plain LSTM plus one projection (see the module docstring)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        lstm = net.lstm
+        hidden, layers = lstm.hidden_size, lstm.num_layers
+        self.lstm = nn.LSTM(lstm.input_size, hidden, layers, batch_first=True)
+        with torch.no_grad():
+            for k in range(layers):
+                w_ih = getattr(lstm, f"weight_ih_l{k}").double()
+                if k > 0:
+                    w_ih = w_ih @ getattr(lstm, f"weight_hr_l{k - 1}").double()
+                w_hh = getattr(lstm, f"weight_hh_l{k}").double() @ getattr(lstm, f"weight_hr_l{k}").double()
+                getattr(self.lstm, f"weight_ih_l{k}").copy_(w_ih.float())
+                getattr(self.lstm, f"weight_hh_l{k}").copy_(w_hh.float())
+                getattr(self.lstm, f"bias_ih_l{k}").copy_(getattr(lstm, f"bias_ih_l{k}"))
+                getattr(self.lstm, f"bias_hh_l{k}").copy_(getattr(lstm, f"bias_hh_l{k}"))
+        self.proj = nn.Parameter(getattr(lstm, f"weight_hr_l{layers - 1}").detach().clone())
+        self.linear = net.linear
+        self.feat_dim, self.embed_dim = net.feat_dim, net.embed_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, (m, _) = self.lstm(x)
+        h = m[-1] @ self.proj.t()
+        return F.normalize(F.relu(self.linear(h)), dim=1, eps=1e-5)
+
+
+def exportable(net: nn.Module) -> nn.Module:
+    """`net`, or an equal network made of ops that have an ONNX form."""
+    lstm = getattr(net, "lstm", None)
+    if isinstance(lstm, nn.LSTM) and lstm.proj_size > 0:
+        if lstm.bidirectional or not hasattr(net, "linear"):
+            raise SpkidError(f"{type(net).__name__}: no ONNX form for a bidirectional LSTM with projections")
+        return _FoldedProjectionLSTM(net).eval()
+    return net
+
+
+def to_onnx(net: nn.Module, feat_dim: int) -> bytes:
+    """The ONNX bytes of `net` (eval mode), batch and frames dynamic."""
+    x = torch.randn(TRACE_SHAPE[0], TRACE_SHAPE[1], feat_dim, generator=torch.Generator().manual_seed(0))
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notice and tracer warnings: not the user's
+        try:
+            torch.onnx.export(
+                exportable(net), (x,), buf, dynamo=False, opset_version=OPSET,
+                input_names=[onnxnet.INPUT], output_names=[onnxnet.OUTPUT],
+                dynamic_axes={onnxnet.INPUT: {0: "batch", 1: "frames"}, onnxnet.OUTPUT: {0: "batch"}},
+            )
+        except SpkidError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the exporter raises many types for an unsupported op
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SpkidError(f"{type(net).__name__} has no ONNX form ({first[:200]})") from None
+    return buf.getvalue()
+
+
+def check(net: nn.Module, data: bytes, feat_dim: int, source: str) -> float:
+    """The largest cosine distance between torch's and onnxruntime's embeddings of random windows of another
+    shape than the traced one; a SpkidError above `MAX_COSINE_DISTANCE`."""
+    import onnxruntime as ort
+
+    x = torch.randn(CHECK_SHAPE[0], CHECK_SHAPE[1], feat_dim, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        want = net(x).double().numpy()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    got = session.run([onnxnet.OUTPUT], {onnxnet.INPUT: x.numpy()})[0].astype(np.float64)
+    if got.shape != want.shape:
+        raise SpkidError(f"{source}: the ONNX graph gives shape {got.shape}, torch {want.shape}")
+    cos = (want * got).sum(1) / np.maximum(np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1), 1e-12)
+    worst = float(np.max(1 - cos))
+    if not worst < MAX_COSINE_DISTANCE:
+        raise SpkidError(f"{source}: the ONNX graph's embeddings differ from torch's (cosine distance {worst:.2e}); "
+                         "not written")
+    return worst
+
+
+def export(model: str | Path, output: str | Path) -> str:
+    """Write the ONNX form of `model` (a model file, or `resemblyzer`) to `output` atomically; returns its identity.
+
+    A model file's stored identity is verified first (`modelfile.verify`): the ONNX file carries it on."""
+    from spkid import modelfile, pretrained
+    from spkid.fileio import atomic_write
+
+    if str(model) == pretrained.NAME:
+        net, spec = pretrained.load("cpu")
+        sha = pretrained.sha256()
+    else:
+        spec, state, sha = modelfile.verify(model)
+        net = modelfile.build(spec, state, model, "cpu")
+    feat_dim, embed_dim = int(net.feat_dim), int(net.embed_dim)
+    data = to_onnx(net, feat_dim)
+    worst = check(net, data, feat_dim, str(model))
+    props = onnxnet.record(spec, sha, embed_dim, feat_dim, onnxnet.graph_sha256(data))
+    with atomic_write(output, "wb") as f:
+        f.write(onnxnet.with_metadata(data, props))
+    log.info("%s -> %s (%s, %.1f MB, identity %s..., cosine distance to torch %.1e)", model, output,
+             spec.model["name"], len(data) / 1e6, sha[:12], worst)
+    return sha
