@@ -43,7 +43,7 @@ DATA = REPO.parent / "shared" / "data" / "librispeech_tc100"
 SR = 16000
 
 sys.path.insert(0, str(REPO))
-from spkid import features  # noqa: E402
+from spkid import features, spectral  # noqa: E402
 from spkid.features import FeatureConfig  # noqa: E402
 
 CFG = FeatureConfig(kind="fbank", n_filters=40, window="hamming", win_len=0.025, win_step=0.01, preemph=0.97, log="db")
@@ -73,7 +73,7 @@ def contenders(x: np.ndarray) -> dict[str, callable]:
     from python_speech_features import base as psf
     from scipy.fft import rfft
 
-    win = features.window(CFG.window, CFG.frame_len)
+    win = spectral.window(CFG.window, CFG.frame_len)
     frames = np.lib.stride_tricks.sliding_window_view(x, CFG.frame_len)[:: CFG.frame_step]
     frames = np.ascontiguousarray(frames * win.astype(np.float32))
 

@@ -3,7 +3,9 @@
 Each command runs as a user runs it, a fresh process from the venv's `spkid` script, pinned to one core
 (`--cores`), stdout to a pipe; after one untimed run (page cache; .pyc files are written as an install has them,
 even where PYTHONDONTWRITEBYTECODE is set) the median wall clock of `--runs` runs is reported. Measured, on LibriSpeech clips of ../shared/data/librispeech_tc100:
-- `spkid --help`; one TAB completion (`_SPKID_COMPLETE=complete_bash COMP_WORDS='spkid ve' COMP_CWORD=1 spkid`);
+- `spkid --help`; one TAB completion, `spkid ve<TAB>` in bash: a fresh bash that sources completions/spkid.bash
+  and calls its function (static: no Python runs; beside it, the dynamic callback `_SPKID_COMPLETE=complete_bash
+  spkid` that completion scripts generated before used);
 - `spkid vad one.wav`; `spkid verify a.wav b.wav`; `spkid identify clip.wav -g enroll/` (a 12 s clip, 6 enrolled
   speakers); `spkid vad --segments` on 30 minutes of audio (a 16-bit WAV), as a multiple of real time;
 - baselines: `python -c "import torch"`, and a minimal script embedding clip.wav with the resemblyzer package;
@@ -37,6 +39,9 @@ SPKID = str(Path(sys.executable).parent / "spkid")
 SR = 16000
 # WeSpeaker's runtime figures (onnxruntime, one thread, CPU): RTF of its CAM++ and ResNet34 encoders
 PUBLISHED_RTF = {"WeSpeaker CAM++": 0.023, "WeSpeaker ResNet34": 0.061}
+# what a TAB costs, and more: the script is sourced once per shell, not per press
+TAB = (f"source {REPO / 'completions/spkid.bash'}; COMP_WORDS=(spkid ve); COMP_CWORD=1; _spkid_completion spkid; "
+       'echo "${COMPREPLY[@]}"')
 RESEMBLYZER_SCRIPT = """\
 import sys
 from resemblyzer import VoiceEncoder, preprocess_wav
@@ -150,7 +155,8 @@ def main() -> None:
         if has_resemblyzer:
             cmd("resemblyzer package: embed clip.wav (12 s)", [sys.executable, str(work / "resemblyzer_embed.py"), str(f["clip"])])
         cmd("spkid --help", [SPKID, "--help"], 0.25)
-        cmd("TAB completion (spkid ve<TAB>)", [SPKID], 0.15,
+        cmd("TAB completion (spkid ve<TAB>, bash)", ["bash", "--norc", "-c", TAB], 0.15)
+        cmd("  the old dynamic callback (_SPKID_COMPLETE)", [SPKID],
             env={"_SPKID_COMPLETE": "complete_bash", "COMP_WORDS": "spkid ve", "COMP_CWORD": "1"})
         cmd("spkid vad one.wav", [SPKID, "vad", str(f["one"])], 0.3)
         cmd("spkid verify a.wav b.wav", [SPKID, "verify", str(f["a"]), str(f["b"])], 0.6)

@@ -290,11 +290,19 @@ def load_expected(path: str | Path, rate: int) -> np.ndarray:
     Refuses stereo and other rates with a hint to run `spkid convert`, rather than guessing silently.
     """
     data, sr = read(path)
-    if data.shape[1] != 1:
-        raise AudioError(f"{path}: has {data.shape[1]} channels, expected mono; run `spkid convert` first")
-    if sr != rate:
-        raise AudioError(f"{path}: sample rate {sr} Hz, expected {rate} Hz; run `spkid convert --rate {rate}` first")
+    check_expected(path, data.shape[1], sr, rate)
     return data[:, 0]
+
+
+def check_expected(path: str | Path, channels: int, sr: int, rate: int) -> None:
+    """AudioError unless mono at `rate`: one line naming the file, what it has and the command that fixes it.
+
+    `vad` and `features` refuse rather than resample: their outputs are sample or frame positions of the file.
+    """
+    if channels != 1:
+        raise AudioError(f"{path}: has {channels} channels, expected mono; run `spkid convert` first")
+    if sr != rate:
+        raise AudioError(f"{path}: sample rate {sr} Hz, expected {rate} Hz; run `spkid convert --rate {rate} -d DIR` first")
 
 
 WRITE_BLOCK = 1 << 20  # samples clipped and written at a time: no clipped copy of a whole recording

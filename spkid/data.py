@@ -18,7 +18,7 @@ from spkid.audio import check_samples
 from spkid.augment import AugmentConfig, Augmenter
 from spkid.errors import SpkidError
 from spkid.frontends import Frontend, read_feature_config
-from spkid.lists import Entry
+from spkid.lists import Entry, plural
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def split_speakers(speakers: Sequence[str], n_val: int, seed: int) -> tuple[list
     if n_val <= 0:
         return spk, []
     if n_val >= len(spk):
-        raise SpkidError(f"{len(spk)} speakers cannot spare {n_val} for validation; lower --val-speakers")
+        raise SpkidError(f"{plural(len(spk), 'speaker')} cannot spare {n_val} for validation; lower --val-speakers")
     rng = np.random.default_rng(seed)
     val = set(rng.choice(spk, size=n_val, replace=False).tolist())
     return [s for s in spk if s not in val], sorted(val)
@@ -110,7 +110,7 @@ class BalancedBatches:
         if m_utt and batch_size % m_utt:
             raise SpkidError(f"batch size {batch_size} must be a multiple of utterances per speaker {m_utt}")
         if m_utt and batch_size // m_utt > len(self.by_spk):
-            raise SpkidError(f"{batch_size // m_utt} speakers per batch, but only {len(self.by_spk)} in training")
+            raise SpkidError(f"{plural(batch_size // m_utt, 'speaker')} per batch, but only {len(self.by_spk)} in training")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -1,4 +1,6 @@
-"""Speaker galleries (`spkid enroll`): atomic folder swaps, a lock for concurrent writers. numpy only: no torch.
+"""Speaker galleries (`spkid enroll`): the folder format, read as one consistent version and validated file by
+file, updated and written whole (the folder swap is `spkid.fileio`'s, the writers' lock `spkid.filelock`'s).
+numpy only: no torch. A little over 400 lines, all of it the one format: its reader, its checks, its update.
 
 **Gallery folder** (DESIGN.md), one row per speaker:
 ```

@@ -244,3 +244,9 @@ def printable(text: str) -> str:
         else:
             out.append(c)
     return "".join(out)
+
+
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """`n` and the noun that fits it, for messages: plural(1, "file") -> "1 file", plural(3, "file") -> "3 files",
+    plural(2, "process", "processes") -> "2 processes". Large counts get thousands separators (12,000 files)."""
+    return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"

@@ -124,6 +124,22 @@ def read_array_stream(stream: BinaryIO, source: str) -> np.ndarray:
     return arr
 
 
+def is_keyed_file(path: str | os.PathLike) -> bool:
+    """Whether the file at `path` starts with a keyed matrix's keys (a 1-D text `.npy` record: `spkid embed`
+    output) rather than a feature matrix; reads the first header only. Unreadable files are not (their reader
+    reports them)."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version[0] == 1 else np.lib.format.read_array_header_2_0
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                shape, _, dtype = read_header(f)
+    except (OSError, ValueError, SyntaxError, TypeError, RecursionError):
+        return False
+    return len(shape) == 1 and dtype.kind == "U"
+
+
 def load_npy(path: str | os.PathLike) -> np.ndarray:
     """One `.npy` array from a file, through the hardened reader (`read_record`): never unpickled."""
     with open_file(path) as f:

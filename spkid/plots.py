@@ -1,7 +1,8 @@
 """Figures for `spkid score --plot`: DET, ROC and score histograms (verification); CMC and top-1 scores (identification).
 
 matplotlib is the optional `plot` extra, imported here lazily and drawn through the Agg canvas (no pyplot, no GUI,
-no global backend switch). The format follows the file name: .png, .svg or .pdf.
+no global backend switch). The format follows the file name: .png, .svg or .pdf. The figure's title is also the
+file's Title metadata (PNG tEXt, SVG <dc:title>, PDF Info), so a script can tell plots apart without looking.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 
 from spkid import metrics
 from spkid.errors import SpkidError
+from spkid.lists import plural
 
 TARGET_COLOUR = "#0072B2"  # Okabe-Ito blue / vermillion: readable with colour-blindness and in greyscale
 NONTARGET_COLOUR = "#D55E00"
@@ -41,12 +43,17 @@ def _check_path(path: str | Path) -> Path:
     return p
 
 
-def _save(fig, p: Path) -> None:
+def _title(name: str | None, counts: str) -> str:
+    """`NAME: COUNTS`, e.g. `dev_scores.txt: 200 target, 800 non-target trials`; just the counts without a name."""
+    return f"{name}: {counts}" if name else counts
+
+
+def _save(fig, p: Path, title: str) -> None:
     """Atomically (a temp file renamed into place): a Ctrl-C mid-write leaves no half-written plot."""
     from spkid.fileio import atomic_path
 
     with atomic_path(p) as tmp:
-        fig.savefig(tmp, dpi=100, format=p.suffix.lower().lstrip("."))
+        fig.savefig(tmp, dpi=100, format=p.suffix.lower().lstrip("."), metadata={"Title": title})
 
 
 def _thin(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -78,7 +85,8 @@ def plot_verification(
     title: str | None = None,
 ) -> Path:
     """Write a DET curve (normal-deviate axes, NIST style), a ROC curve and target/non-target score histograms,
-    with the EER and minDCF operating points marked, to `path` (.png, .svg or .pdf)."""
+    with the EER and minDCF operating points marked, to `path` (.png, .svg or .pdf). `title`: what the scores are
+    (their file's name), shown before the trial counts."""
     p = _check_path(path)
     tar, non = metrics._check(target, nontarget)
     op = metrics.operating_points(tar, non)
@@ -90,7 +98,8 @@ def plot_verification(
 
     fig = _figure(16, 5.5)
     det, roc, hist = fig.subplots(1, 3, width_ratios=[1.15, 1, 1])
-    fig.suptitle(title or f"{tar.size} target, {non.size} non-target trials")
+    title = _title(title, f"{tar.size} target, {plural(non.size, 'non-target trial')}")
+    fig.suptitle(title)
     eer_label = f"EER {eer * 100:.2f}%"
     dcf_label = f"minDCF {dcf:.3f} (p_target {p_target:g})"
 
@@ -140,7 +149,7 @@ def plot_verification(
     hist.set_title("score distributions")
     hist.legend(loc="upper left", fontsize="small")
 
-    _save(fig, p)
+    _save(fig, p, title)
     return p
 
 
@@ -148,7 +157,8 @@ def plot_identification(
     true_rank: np.ndarray, top_score_known: np.ndarray, top_score_unknown: np.ndarray, path: str | Path, title: str | None = None
 ) -> Path:
     """Write a cumulative match characteristic (rank-k accuracy against k) and histograms of the best candidate's
-    score (known probes identified right, known probes identified wrong, probes of unknown speakers)."""
+    score (known probes identified right, known probes identified wrong, probes of unknown speakers). `title`: what
+    the results are (their file's name), shown before the probe counts."""
     p = _check_path(path)
     rank = np.asarray(true_rank)
     known = np.asarray(top_score_known, dtype=np.float64)
@@ -159,7 +169,8 @@ def plot_identification(
 
     fig = _figure(11, 4.5)
     ax_cmc, ax_hist = fig.subplots(1, 2)
-    fig.suptitle(title or f"{rank.size} probes of enrolled speakers, {unknown.size} of others")
+    title = _title(title, f"{plural(rank.size, 'probe')} of enrolled speakers, {unknown.size} of others")
+    fig.suptitle(title)
     ax_cmc.plot(ks, cmc, "o-", color="black")
     ax_cmc.set_xlabel("rank k")
     ax_cmc.set_ylabel("top-k accuracy")
@@ -183,6 +194,6 @@ def plot_identification(
     ax_hist.set_ylabel("probes")
     ax_hist.set_title("top-1 scores")
     ax_hist.legend(loc="upper left", fontsize="small")
-    _save(fig, p)
+    _save(fig, p, title)
     return p
 

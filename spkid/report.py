@@ -10,6 +10,7 @@ import numpy as np
 
 from spkid import metrics
 from spkid.errors import SpkidError
+from spkid.lists import plural
 from spkid.trials import UNKNOWN, IdRecord
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ def identification_report(records: Sequence[IdRecord], top_k: int = 5, far: floa
         )
     short = sum(len(r.top) < top_k for r in known)
     if short:
-        log.warning("%d clips list fewer than %d candidates; top-%d accuracy counts only the candidates listed", short, top_k, top_k)
+        log.warning("%s %s fewer than %s; top-%d accuracy counts only the candidates listed", plural(short, "clip"),
+                    "lists" if short == 1 else "list", plural(top_k, "candidate"), top_k)
     rank, top_known, top_unknown = identification_arrays(records)
     rep: dict = {
         "n_clips": len(records),

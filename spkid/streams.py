@@ -87,6 +87,16 @@ def _binary_out(output: str | None) -> tuple[bool, str]:
     return to_stdout, output or "-"
 
 
+def check_binary_output(output: str | None) -> None:
+    """Refuse `.npy` to a terminal before any work is done (the writers check again when they write)."""
+    _binary_out(output)
+
+
+def stdout_is_terminal() -> bool:
+    """Whether a person reads stdout: tables get a header there, pipes stay headerless."""
+    return sys.stdout is not None and sys.stdout.isatty()
+
+
 def write_array(arr: np.ndarray, output: str | None = None) -> None:
     """One `.npy` record to `output` (atomically) or stdout; refuses a terminal."""
     to_stdout, path = _binary_out(output)

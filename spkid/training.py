@@ -1,4 +1,5 @@
 """The training loop behind `spkid train`: config, epochs, validation EER, atomic checkpoints, resume, DDP.
+(About 450 lines: the loop and the state it saves and resumes are one job; data loading is `spkid.data`'s.)
 
 One process trains on CPU or one GPU; `torchrun --nproc-per-node N -m spkid train ...` starts N processes
 that train with DistributedDataParallel (NCCL on GPUs, gloo on CPUs), each on its own slice of every batch.
@@ -31,7 +32,7 @@ from spkid.augment import AugmentConfig
 from spkid.errors import SpkidError
 from spkid.fileio import atomic_write
 from spkid.frontends import Frontend, frontend
-from spkid.lists import Entry
+from spkid.lists import Entry, plural
 from spkid.losses import LOSSES, build_loss
 from spkid.models import MODELS, SMALL, build_model, count_parameters
 
@@ -335,9 +336,10 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_write(run_dir / "config.json", "w") as f:
             json.dump(config_dict(cfg), f, indent=2, sort_keys=True)
-        log.info("%s: %d parameters, %d training speakers (%d classes), %d utterances, %d validation speakers, "
-                 "device %s, %d process(es)", cfg.model, count_parameters(net), len(train_spk), n_classes,
-                 len(train_utts), len(val_spk), device, dist_info.world)
+        log.info("%s: %s, %s (%s), %s, %s, device %s, %s", cfg.model, plural(count_parameters(net), "parameter"),
+                 plural(len(train_spk), "training speaker"), plural(n_classes, "class", "classes"),
+                 plural(len(train_utts), "utterance"), plural(len(val_spk), "validation speaker"), device,
+                 plural(dist_info.world, "process", "processes"))
 
     val_feats = [data.load_utterance(u, feat_cfg, is_feat, int(cfg.val_max_s * rate)) for u in val_utts] \
         if dist_info.main and val_utts else []

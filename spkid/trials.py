@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spkid.errors import SpkidError
-from spkid.lists import printable
+from spkid.lists import plural, printable
 
 LABELS = {"target": True, "nontarget": False, "1": True, "0": False}
 FORMATS = {2: "SCORE LABEL", 3: "ENROLL TEST SCORE", 4: "ENROLL TEST SCORE LABEL"}
@@ -175,7 +175,7 @@ def _parse_scores(rows: list[tuple[int, str]], source: str) -> ScoreList:
     width = len(_fields(first))
     if width not in FORMATS:
         raise SpkidError(
-            f"{source}:{first_n}: {width} fields; expected ENROLL TEST SCORE [LABEL] or SCORE LABEL (tab or space separated)"
+            f"{source}:{first_n}: {plural(width, 'field')}; expected ENROLL TEST SCORE [LABEL] or SCORE LABEL (tab or space separated)"
         )
     scores: list[float] = []
     labels: list[bool] = []
@@ -188,7 +188,7 @@ def _parse_scores(rows: list[tuple[int, str]], source: str) -> ScoreList:
             raise SpkidError(f"{where}: a JSON line among {FORMATS[width]} lines; mixed formats in one input are refused")
         if len(f) != width:
             raise SpkidError(
-                f"{where}: {len(f)} fields, but line {first_n} has {width} ({FORMATS[width]}); "
+                f"{where}: {plural(len(f), 'field')}, but line {first_n} has {width} ({FORMATS[width]}); "
                 "mixed formats in one input are refused"
             )
         if width == 2:
@@ -226,7 +226,7 @@ def parse_trials(lines: Iterable[str], source: str = "<trials>") -> Trials:
         f = _fields(line)
         where = f"{source}:{n}"
         if len(f) != 3:
-            raise SpkidError(f"{where}: {len(f)} fields; a trial is `1|0 ENROLL TEST` (VoxCeleb) or `ENROLL TEST target|nontarget` (Kaldi)")
+            raise SpkidError(f"{where}: {plural(len(f), 'field')}; a trial is `1|0 ENROLL TEST` (VoxCeleb) or `ENROLL TEST target|nontarget` (Kaldi)")
         kind = "voxceleb" if f[0] in ("0", "1") else "kaldi" if f[2].lower() in LABELS else ""
         if not kind:
             raise SpkidError(f"{where}: neither `1|0 ENROLL TEST` (VoxCeleb) nor `ENROLL TEST target|nontarget` (Kaldi)")
@@ -245,7 +245,7 @@ def parse_trials(lines: Iterable[str], source: str = "<trials>") -> Trials:
         raise SpkidError(f"{source}: no trials (the file is empty)")
     dups = _duplicates(enroll, test)
     if dups:
-        raise SpkidError(f"{source}: {len(dups)} duplicate trials, e.g. {_examples(dups)}; each (enroll, test) pair may appear once")
+        raise SpkidError(f"{source}: {plural(len(dups), 'duplicate trial')}, e.g. {_examples(dups)}; each (enroll, test) pair may appear once")
     return Trials(enroll=enroll, test=test, label=np.array(labels, dtype=bool), format=fmt, source=source)
 
 
@@ -269,25 +269,28 @@ def join_trials(scores: ScoreList, trials: Trials) -> ScoreList:
         raise SpkidError(f"{scores.source}: SCORE LABEL lines have no keys to join with {trials.source}; give ENROLL TEST SCORE lines")
     dups = _duplicates(scores.enroll, scores.test)
     if dups:
-        raise SpkidError(f"{scores.source}: {len(dups)} duplicate scores, e.g. {_examples(dups)}; each (enroll, test) pair may appear once")
+        raise SpkidError(f"{scores.source}: {plural(len(dups), 'duplicate score')}, e.g. {_examples(dups)}; each (enroll, test) pair may appear once")
     index = {key: i for i, key in enumerate(zip(scores.enroll, scores.test))}
     trial_keys = list(zip(trials.enroll, trials.test))
     missing = [k for k in trial_keys if k not in index]
     if missing:
         raise SpkidError(
-            f"{len(missing)} of {len(trial_keys)} trials in {trials.source} have no score in {scores.source}, "
+            f"{len(missing)} of {plural(len(trial_keys), 'trial')} in {trials.source} {'has' if len(missing) == 1 else 'have'} "
+            f"no score in {scores.source}, "
             f"e.g. {_examples(missing)}"
         )
     wanted = set(trial_keys)
     extra = [k for k in index if k not in wanted]
     if extra:
-        raise SpkidError(f"{len(extra)} scores in {scores.source} are not trials in {trials.source}, e.g. {_examples(extra)}")
+        are = "is not a trial" if len(extra) == 1 else "are not trials"
+        raise SpkidError(f"{plural(len(extra), 'score')} in {scores.source} {are} in {trials.source}, e.g. {_examples(extra)}")
     order = np.array([index[k] for k in trial_keys], dtype=np.int64)
     if scores.label is not None:
         bad = np.flatnonzero(scores.label[order] != trials.label)
         if bad.size:
             keys = [trial_keys[i] for i in bad]
-            raise SpkidError(f"{bad.size} scores in {scores.source} have labels that disagree with {trials.source}, e.g. {_examples(keys)}")
+            have = "has a label that disagrees" if bad.size == 1 else "have labels that disagree"
+            raise SpkidError(f"{plural(bad.size, 'score')} in {scores.source} {have} with {trials.source}, e.g. {_examples(keys)}")
     return ScoreList(
         score=scores.score[order],
         label=trials.label.copy(),

@@ -149,7 +149,7 @@ class Quality:
         return out
 
     def problems(self, min_speech_s: float = MIN_ENROLL_SPEECH_S) -> list[str]:
-        """Human-readable warnings (enrolment quality)."""
+        """Human-readable warnings (enrolment quality); resampling is warned about by every command that embeds."""
         out = []
         if self.no_speech:
             out.append("no speech found by the VAD (0.0 s of speech); the whole file was used")
@@ -159,8 +159,6 @@ class Quality:
             out.append(f"{100 * self.clipped:.1f} % of samples are clipped")
         if self.rms_dbfs < SILENCE_DBFS:
             out.append(f"nearly silent (RMS {self.rms_dbfs:.0f} dBFS)")
-        if self.resampled_from is not None:
-            out.append(f"recorded at {self.resampled_from} Hz and resampled (run `spkid convert` to do it once)")
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -28,7 +28,11 @@ def test_list_in_npy_out_with_config_and_labels(wav_list, speaker_dir, tmp_path)
         feats = np.load(p)
         assert feats.dtype == np.float32 and feats.shape == (199, 20) and np.isfinite(feats).all()
         np.testing.assert_allclose(feats, compute(sf.read(w, dtype="float32")[0], cfg), atol=1e-4)
-    assert b"done 9/9" in proc.stderr
+    assert proc.stderr == b"spkid features: 9 files written\n"
+    again = sh(f"spkid features {wav_list} -d {out} --kind mfcc --n-filters 64 --n-ceps 20 --norm cmvn --window povey",
+               check=True)
+    assert listed(again) == rows  # a rerun lists every file, and says it wrote none
+    assert again.stderr == b"spkid features: 0 files written, 9 kept (already there; --overwrite redoes them)\n"
 
     # a rerun with other settings would mix two configs in one folder
     again = sh(f"spkid features {wav_list} -d {out} --kind fbank")
@@ -91,12 +95,14 @@ def test_refusals_and_skip_bad(tmp_path):
     assert "spkid features: error:" in err and "stereo.wav: has 2 channels, expected mono; run `spkid convert` first" in err
     assert not list((tmp_path / "o1").rglob("*.npy"))  # strict: nothing half-done left behind
     proc = sh(f"spkid features {d}/r8k.wav -d {tmp_path}/o2")
-    assert proc.returncode == 1 and b"sample rate 8000 Hz, expected 16000 Hz; run `spkid convert --rate 16000`" in proc.stderr
+    assert proc.returncode == 1 and proc.stderr.decode() == (
+        f"spkid features: error: {d}/r8k.wav: sample rate 8000 Hz, expected 16000 Hz; "
+        "run `spkid convert --rate 16000 -d DIR` first\n")
 
     proc = sh(f"spkid features {d}/good.wav {d}/stereo.wav {d}/r8k.wav -d {tmp_path}/o3 --skip-bad")
     assert proc.returncode == 0
     assert [Path(p).name for p, _ in listed(proc)] == ["good.npy"]
-    assert b"done 1/3 (2 skipped)" in proc.stderr
+    assert b"done 1/3 (2 skipped)" in proc.stderr and proc.stderr.endswith(b"spkid features: 1 file written, 2 skipped\n")
     proc = sh(f"spkid features {d}/stereo.wav {d}/r8k.wav -d {tmp_path}/o4 --skip-bad")
     assert proc.returncode == 1 and b"all 2 items failed" in proc.stderr
     assert sh(f"spkid features {d}/r8k.wav -d {tmp_path}/o5 --rate 8000 -n 24", check=True).stdout

@@ -123,6 +123,23 @@ def test_plots_are_written(tmp_path, labelled, capsys, monkeypatch):
     assert code == 0 and (tmp_path / "cmc.png").stat().st_size > 1000
 
 
+def test_plot_titles_name_the_scores_file_or_else_the_plot_file(tmp_path, labelled):
+    """The figure's title (also the file's Title metadata): the scores file's name; from stdin, the plot file's."""
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    path, _, _ = labelled
+    sh(f"cat {path} | spkid score --plot {tmp_path}/det.png", check=True)
+    assert Image.open(tmp_path / "det.png").text["Title"] == "det: 200 target, 800 non-target trials"
+    sh(f"printf '0.9 target\\n0.2 nontarget\\n' | spkid score - --plot {tmp_path}/one.png", check=True)
+    assert Image.open(tmp_path / "one.png").text["Title"] == "one: 1 target, 1 non-target trial"
+    sh(f"spkid score {path} --plot {tmp_path}/det.svg", check=True)
+    assert b"<dc:title>scores.txt: 200 target, 800 non-target trials</dc:title>" in (tmp_path / "det.svg").read_bytes()
+    (tmp_path / "id.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ID))
+    sh(f"spkid score {tmp_path}/id.jsonl --plot {tmp_path}/cmc.png", check=True)
+    assert Image.open(tmp_path / "cmc.png").text["Title"] == "id.jsonl: 2 probes of enrolled speakers, 1 of others"
+
+
 def test_plot_without_matplotlib_names_the_extra(tmp_path, labelled):
     path, _, _ = labelled
     code = (

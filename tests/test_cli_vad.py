@@ -105,6 +105,8 @@ def test_stereo_and_other_rates_are_refused_with_a_hint(tmp_path, case):
     err = proc.stderr.decode()
     assert err.startswith("spkid vad: error:") and "spkid convert" in err and str(p) in err
     assert len(err.strip().splitlines()) == 1
+    if case == "rate":  # the file, the rate found and the command that fixes it
+        assert err == f"spkid vad: error: {p}: sample rate 8000 Hz, expected 16000 Hz; run `spkid convert --rate 16000 -d DIR` first\n"
 
 
 def test_segments_shape_and_shard_positions(speech_list):
@@ -133,6 +135,10 @@ def test_trim_writes_voiced_audio_and_the_new_list(speech_list, tmp_path):
     listed = [line.split("\t") for line in proc.stdout.decode().splitlines()]
     assert [label for _, label in listed] == ["19", "1867", "4853"]  # the silent file is left out, with a warning
     assert "silence.wav: no voice found" in proc.stderr.decode()
+    assert proc.stderr.decode().endswith("left out of the list\nspkid vad: 3 files written, 1 without voice\n")
+    again = sh(f"spkid vad --trim -d {tmp_path}/voiced < {full}", check=True)  # resumes: keeps what is there
+    assert again.stdout == proc.stdout
+    assert again.stderr.decode().endswith("spkid vad: 0 files written, 3 kept (already there; --overwrite redoes them), 1 without voice\n")
     segs = load_npy(sh(f"spkid vad --segments {lst}", check=True).stdout)
     for i, (path, label) in enumerate(listed):
         assert Path(path) == tmp_path / "voiced" / label / f"{label}.flac"

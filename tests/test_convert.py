@@ -166,6 +166,7 @@ def test_skip_bad_converts_the_good_and_counts_the_bad(tmp_path: Path, speaker_d
     assert len(proc.stdout.decode().splitlines()) == len(good)
     err = proc.stderr.decode()
     assert f"done {len(good)}/{len(good) + len(bads)} ({len(bads)} skipped)" in err
+    assert err.endswith(f"spkid convert: {len(good)} files written, {len(bads)} skipped\n")
     only_bad = " ".join(map(str, bads.values()))
     proc = sh(f"spkid convert {only_bad} -d {tmp_path / 'out2'} --skip-bad")
     assert proc.returncode == 1 and f"all {len(bads)} items failed" in proc.stderr.decode()
@@ -175,14 +176,24 @@ def test_resume_shard_and_overwrite(tmp_path: Path, wav_list: Path):
     out = tmp_path / "out"
     n = len(wav_list.read_text().splitlines())
     parts = [sh(f"spkid convert {wav_list} -d {out} --shard {i}/3", check=True).stdout for i in (1, 2, 3)]
-    whole = sh(f"spkid convert {wav_list} -d {out}", check=True).stdout.decode().splitlines()
+    proc = sh(f"spkid convert {wav_list} -d {out}", check=True)
+    whole = proc.stdout.decode().splitlines()
     assert len(whole) == n and sorted(whole) == sorted(b"".join(parts).decode().splitlines())
+    assert proc.stderr.decode() == f"spkid convert: 0 files written, {n} kept (already there; --overwrite redoes them)\n"
     victim = Path(whole[0].split("\t")[0])
     victim.write_bytes(b"sentinel")  # kept: existing outputs are skipped, so a rerun resumes
     sh(f"spkid convert {wav_list} -d {out}", check=True)
     assert victim.read_bytes() == b"sentinel"
-    sh(f"spkid convert {wav_list} -d {out} --overwrite", check=True)
+    proc = sh(f"spkid convert {wav_list} -d {out} --overwrite", check=True)
     assert sf.info(victim).samplerate == 16000
+    assert proc.stderr.decode() == f"spkid convert: {n} files written\n" and proc.stdout.decode().splitlines() == whole
+    for line in whole[1:]:
+        Path(line.split("\t")[0]).unlink()
+    proc = sh(f"spkid convert {wav_list} -d {out}", check=True)
+    assert proc.stderr.decode() == f"spkid convert: {n - 1} files written, 1 kept (already there; --overwrite redoes it)\n"
+    Path(whole[0].split("\t")[0]).unlink()
+    proc = sh(f"spkid convert {wav_list} -d {out} --shard 1/{n}", check=True)
+    assert proc.stderr.decode() == "spkid convert: 1 file written\n" and proc.stdout.decode().splitlines() == whole[:1]
 
 
 def test_labels_are_carried_from_the_list(tmp_path: Path, speaker_dir: Path):

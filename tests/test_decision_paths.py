@@ -114,3 +114,30 @@ def test_embeddings_without_speech_are_refused_downstream(enrolled, tmp_path):
     proc = sh(f"spkid identify --from-embeddings {tmp_path}/e.npy -g {gallery}")
     err = proc.stderr.decode()
     assert proc.returncode == 1 and "0.00 s of speech" in err and proc.stdout == b""
+
+
+def _imported(proc) -> set[str]:
+    """Top-level packages named in `python -X importtime` output (stderr)."""
+    names = set()
+    for line in proc.stderr.decode().splitlines():
+        if line.startswith("import time:") and "|" in line:
+            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    return names
+
+
+def test_deciding_commands_never_import_torch_with_the_onnx_model(enrolled, tmp_path):
+    """The bundled model has an ONNX form: embed, enroll, verify and identify run without importing torch."""
+    gallery, probe_list, probes = enrolled
+    a, b = probes[0], probes[1]
+    py = "python -X importtime -m spkid"
+    for cmd in (f"{py} embed {a} -o {tmp_path}/e.npy", f"{py} verify {a} {b}", f"{py} identify {a} -g {gallery}",
+                f"{py} enroll {a} -g {tmp_path}/g"):
+        proc = sh(cmd)
+        assert proc.returncode == 0, (cmd, proc.stderr.decode()[-2000:])
+        assert "onnxruntime" in _imported(proc) and "torch" not in _imported(proc), cmd
+    # embeddings given as they are need no network at all; the model's calibration is read without torch too
+    proc = sh(f"{py} identify --from-embeddings {tmp_path}/e.npy -g {gallery}")
+    assert proc.returncode == 0 and not {"torch", "onnxruntime"} & _imported(proc)
+    assert "from the calibration in model" in proc.stderr.decode()
+    proc = sh(f"{py} verify {a} {b} --backend torch")
+    assert proc.returncode == 0 and "torch" in _imported(proc)

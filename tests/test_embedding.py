@@ -158,7 +158,7 @@ def test_quality_flags():
     y, q = prep.signal(np.clip(x * 4, -1, 1), 8000)
     text = " ".join(q.problems())
     assert len(y) <= 16000 and q.resampled_from == 8000
-    assert "resampled" in text and "clipped" in text and "of speech" in text
+    assert "clipped" in text and "of speech" in text
     _, q = prep.signal(np.full(16000, 1e-4, np.float32), 16000)
     assert "nearly silent" in " ".join(q.problems())
 

@@ -13,7 +13,7 @@ from python_speech_features import base as psf
 from python_speech_features import sigproc
 
 from conftest import clip_files, synth_voice
-from spkid import cmvn, features
+from spkid import cmvn, features, spectral
 from spkid.errors import SpkidError
 from spkid.features import FeatureConfig, compute, compute_file
 
@@ -23,7 +23,7 @@ LN_PER_DB = np.log(10) / 20  # 1 dB in natural-log units of the same quantity
 
 
 def _winfunc(name):
-    return lambda n: features.window(name, n)
+    return lambda n: spectral.window(name, n)
 
 
 def psf_fbank_db(x, cfg):
@@ -61,7 +61,7 @@ def check_all_kinds(x, cfg):
 
     # MFCC = liftered DCT of the log filterbank, so compare it with psf.mfcc on the frames above -60 dB, allowing
     # each coefficient the error it would have if every filter were off by TOL_DB (sum_n |M[n, k]| * TOL_DB).
-    m = features.dct_matrix(cfg.n_filters, cfg.n_ceps, cfg.lifter)
+    m = spectral.dct_matrix(cfg.n_filters, cfg.n_ceps, cfg.lifter)
     ref_mfcc = psf.mfcc(np.asarray(x, np.float64), cfg.sample_rate, cfg.win_len, cfg.win_step, cfg.n_ceps,
                         cfg.n_filters, cfg.fft_size, cfg.low_freq, cfg.top_freq, cfg.preemph, cfg.lifter, True,
                         _winfunc(cfg.window))
@@ -190,7 +190,7 @@ def test_blocks_and_streaming_give_the_same_numbers(tmp_path, monkeypatch):
         cfg = FeatureConfig(kind=kind, window="povey")
         whole = compute(pcm, cfg)
         atol = 1e-4 + 1e-6 * np.abs(whole).max()  # BLAS kernels may round differently for other block sizes
-        monkeypatch.setattr(features, "BLOCK_FRAMES", 7)
+        monkeypatch.setattr(spectral, "BLOCK_FRAMES", 7)
         monkeypatch.setattr(features, "READ_SAMPLES", 1001)  # many chunk boundaries, none aligned to frames
         np.testing.assert_allclose(compute(pcm, cfg), whole, atol=atol)
         streamed = compute_file(path, cfg)
@@ -205,7 +205,7 @@ def test_compute_file_refuses_stereo_and_other_rates(tmp_path):
     sf.write(tmp_path / "r8.wav", x, 8000)
     with pytest.raises(SpkidError, match=r"st\.wav: has 2 channels, expected mono; run `spkid convert`"):
         compute_file(tmp_path / "st.wav")
-    with pytest.raises(SpkidError, match=r"r8\.wav: sample rate 8000 Hz, expected 16000 Hz; run `spkid convert --rate 16000`"):
+    with pytest.raises(SpkidError, match=r"r8\.wav: sample rate 8000 Hz, expected 16000 Hz; run `spkid convert --rate 16000 -d DIR` first"):
         compute_file(tmp_path / "r8.wav")
     with pytest.raises(SpkidError, match="no such file"):
         compute_file(tmp_path / "missing.wav")

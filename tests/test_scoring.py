@@ -4,6 +4,7 @@ where it is stored (gallery.json, a model file)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -108,10 +109,10 @@ def test_join_errors_name_count_and_keys():
     with pytest.raises(SpkidError, match=r"2 of 3 trials in t.txt have no score in s.txt, e.g. \(id1/a.wav id1/b.wav\), \(id1/a.wav id2/c.wav\)"):
         join_trials(some, t)
     extra = parse_scores(lines(SCORES + "x\ty\t0.5\n"), "s.txt")
-    with pytest.raises(SpkidError, match=r"1 scores in s.txt are not trials in t.txt, e.g. \(x y\)"):
+    with pytest.raises(SpkidError, match=r"1 score in s.txt is not a trial in t.txt, e.g. \(x y\)"):
         join_trials(extra, t)
     dup = parse_scores(lines(SCORES + SCORES.splitlines()[0] + "\n"), "s.txt")
-    with pytest.raises(SpkidError, match=r"s.txt: 1 duplicate scores, e.g. \(id2/c.wav id2/d.wav\)"):
+    with pytest.raises(SpkidError, match=r"s.txt: 1 duplicate score, e.g. \(id2/c.wav id2/d.wav\)"):
         join_trials(dup, t)
     many = parse_trials([f"1 e{i} t{i}" for i in range(10)], "big.txt")
     with pytest.raises(SpkidError, match=r"10 of 10 trials .* e.g. \(e0 t0\), \(e1 t1\), \(e2 t2\), \.\.\."):
@@ -344,3 +345,23 @@ def test_scoring_metrics_and_plots_never_import_torch():
         "assert 'torch' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_counts_of_one_are_singular(caplog):
+    from spkid.lists import plural
+
+    assert [plural(n, "file") for n in (0, 1, 2, 12000)] == ["0 files", "1 file", "2 files", "12,000 files"]
+    assert plural(1, "process", "processes") == "1 process" and plural(3, "process", "processes") == "3 processes"
+    with pytest.raises(SpkidError, match=r"s.txt:1: 1 field; expected"):
+        parse_scores(["0.5"], "s.txt")
+    with pytest.raises(SpkidError, match=r"t.txt:1: 1 field; a trial is"):
+        parse_trials(["x"], "t.txt")
+    t = parse_trials(["1 a b"], "t.txt")
+    with pytest.raises(SpkidError, match=r"^1 of 1 trial in t.txt has no score in s.txt"):
+        join_trials(parse_scores(["c d 0.5"], "s.txt"), t)
+    with pytest.raises(SpkidError, match=r"^1 score in s.txt has a label that disagrees with t.txt"):
+        join_trials(parse_scores(["a b 0.5 nontarget"], "s.txt"), t)
+    records = parse_identify([json.dumps({"key": "c1", "label": "a", "top": [{"speaker": "a", "score": 0.9}]})], "id")
+    with caplog.at_level(logging.WARNING):  # an earlier in-process `spkid -q ...` may have left the root at ERROR
+        report.identification_report(records, 5, 0.01)
+    assert "1 clip lists fewer than 5 candidates; top-5 accuracy" in caplog.text

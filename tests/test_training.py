@@ -60,6 +60,10 @@ def test_tiny_run_learns_three_speakers(wav_list: Path, tmp_path: Path):
     model = tmp_path / "m.pt"
     proc = sh(f"spkid train {wav_list} -o {model} {FAST} --epochs 6 --steps 8 --lr 3e-3", check=True)
     assert proc.stdout == b""  # stdout is for data only
+    err = proc.stderr.decode()
+    assert all(line.startswith("spkid train: ") for line in err.splitlines()) and "Warning" not in err, err
+    assert ", 3 training speakers (3 classes), 9 utterances, 0 validation speakers, device cpu, 1 process\n" in err
+    assert err.endswith(f"spkid train: wrote {model} ({modelfile.load(model)[1].training['parameters']:,} parameters, 6 epochs)\n")
     log = [json.loads(line) for line in (tmp_path / "m.run" / "log.jsonl").read_text().splitlines()]
     assert len(log) == 6
     assert log[-1]["loss"] < 0.5 * log[0]["loss"] and log[-1]["accuracy"] > 0.9
@@ -117,6 +121,9 @@ def test_noise_augmentation_and_ge2e_batches(wav_list: Path, tmp_path: Path, spe
     proc = sh(f"spkid train {wav_list} -o {tmp_path / 'g.pt'} -m lstm_ge2e --small --loss ge2e -b 8 "
               f"--crop 0.5 --epochs 1 --val-speakers 0 --noise {noise} --threads 1", check=True)
     assert proc.returncode == 0
+    err = proc.stderr.decode()  # LSTM projections on CPU: no torch UserWarning about oneDNN, nothing but our lines
+    assert all(line.startswith("spkid train: ") for line in err.splitlines()) and "Warning" not in err, err
+    assert err.endswith(" parameters, 1 epoch)\n")
     spec, _ = modelfile.read(tmp_path / "g.pt")
     assert spec.training["config"]["augment"]["noise"] is True
 

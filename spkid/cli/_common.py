@@ -1,5 +1,6 @@
-"""What every subcommand shares: logging, progress, the one item loop (`map_entries`), and the steps every
-deciding command takes (embed a list, read embeddings instead of audio, choose the threshold). Options: `_options`.
+"""What every subcommand shares: logging, progress, the one item loop (`map_entries`), the resumable file writing
+of convert, vad --trim and features (`write_outputs`), and the steps every deciding command takes (embed a list,
+read embeddings instead of audio, choose the threshold). Options: `_options`.
 
 Nothing here imports torch at import time: `spkid --help` and TAB completion stay fast.
 """
@@ -14,11 +15,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from functools import partial
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from spkid.errors import SpkidError, UsageError, check_interrupted
 from spkid.fileio import all_or_nothing
-from spkid.lists import Entry
+from spkid.lists import Entry, plural
 
 if TYPE_CHECKING:
     import numpy as np
@@ -28,11 +29,13 @@ if TYPE_CHECKING:
     from spkid.embedding import Embedder, ModelRef
     from spkid.gallery import Gallery
     from spkid.npyio import Embeddings
+    from spkid.audio import Clip
     from spkid.utterance import Prepared, Preparer, Quality
 
 log = logging.getLogger("spkid")
 T = TypeVar("T")
 U = TypeVar("U")
+E = TypeVar("E", bound=Entry)
 
 BATCH_CHUNK = 64  # files prepared (in parallel with -j) before their windows go through the network together
 
@@ -205,31 +208,49 @@ def _report_skipped(good: int, total: int, errors: list[ItemError]) -> None:
         raise SpkidError(f"all {total} items failed; first: {errors[0].message}")
 
 
-def run_file_job(
-    fn: Callable[[Entry], T],
-    entries: Sequence[Entry],
-    planned: Sequence[Path],
-    *,
-    jobs: int,
-    skip_bad: bool,
-    desc: str,
-) -> list[tuple[Entry, T]]:
-    """`map_entries` for commands that write one file per entry to `planned[i]`.
-
-    When the run fails (a bad item in strict mode, a full disk, Ctrl-C), the files and folders this run created are
-    removed again (`fileio.all_or_nothing`), so a failed command leaves nothing half-done behind; what existed
-    before is kept. Temp files of workers killed mid-write (joblib kills them when the run stops) go too.
-    """
-    with all_or_nothing(planned):
-        return map_entries(fn, entries, jobs=jobs, skip_bad=skip_bad, desc=desc)
-
-
 def check_unique_outputs(entries: Sequence[Entry], planned: Sequence[Path]) -> None:
     seen: dict[Path, str] = {}
     for e, p in zip(entries, planned):
         if p in seen:
             raise SpkidError(f"{e.path} and {seen[p]} would both be written to {p}; use --root or rename")
         seen[p] = e.path
+
+
+@dataclass
+class Outputs(Generic[T]):
+    """What `write_outputs` did: `fn`'s results of the items it ran (by path), the paths `--skip-bad` skipped, and
+    how many files this run wrote and how many it kept."""
+
+    results: dict[str, T]
+    failed: set[str]
+    written: int
+    kept: int
+
+    def log_summary(self, *more: str) -> None:
+        """One line after the run: `1 file written, 2 kept (already there; --overwrite redoes them), 1 skipped`."""
+        parts = [f"{plural(self.written, 'file')} written"]
+        if self.kept:
+            parts.append(f"{self.kept:,} kept (already there; --overwrite redoes {'it' if self.kept == 1 else 'them'})")
+        if self.failed:
+            parts.append(f"{len(self.failed):,} skipped")
+        log.info("%s", ", ".join([*parts, *more]))
+
+
+def write_outputs(fn: Callable[[E], T], items: Sequence[E], planned: Sequence[Path], *, overwrite: bool, jobs: int,
+                  skip_bad: bool, desc: str) -> Outputs[T]:
+    """Run `fn` (which writes `planned[i]` for `items[i]`) on every item whose output is missing, or on all with
+    `overwrite`: outputs already there are kept, so a rerun resumes an interrupted one.
+
+    A failed run (a bad item, a full disk, Ctrl-C) removes what it created (`fileio.all_or_nothing`). The caller logs
+    `Outputs.log_summary()` once it has said what it has to say about single items.
+    """
+    check_unique_outputs(items, planned)
+    todo = [(e, p) for e, p in zip(items, planned) if overwrite or not p.exists()]
+    with all_or_nothing([p for _, p in todo]):
+        good = map_entries(fn, [e for e, _ in todo], jobs=jobs, skip_bad=skip_bad, desc=desc, summary=False)
+    results = {e.path: r for e, r in good}
+    return Outputs(results=results, failed={e.path for e, _ in todo} - results.keys(),
+                   written=sum(e.path in results and p.exists() for e, p in todo), kept=len(items) - len(todo))
 
 
 def embedder(opts: EmbedOptions, ref: ModelRef | None = None, jobs: int = 1) -> Embedder:
@@ -244,25 +265,34 @@ def embedder(opts: EmbedOptions, ref: ModelRef | None = None, jobs: int = 1) -> 
 
 def embed_entries(emb: Embedder, entries: Sequence[Entry], *, jobs: int = 1, skip_bad: bool = False,
                   desc: str = "embed", min_speech: float | None = None, purpose: str = "a decision",
-                  summary: bool = True) -> tuple[list[Entry], np.ndarray, list[Quality]]:
+                  clip: Clip | None = None, summary: bool = True) -> tuple[list[Entry], np.ndarray, list[Quality]]:
     """Embed every entry through `map_entries`: files prepared `jobs` at a time, windows of a chunk of files batched
     through the network. An item with less than `min_speech` seconds of speech is a bad item (strict: fails naming
-    it; --skip-bad: skipped and counted), refused for `purpose`. Returns the good entries, their embeddings `(N, D)`
-    and quality records."""
+    it; --skip-bad: skipped and counted), refused for `purpose`. The entry `-` is `clip`, the audio read from stdin.
+    A file at another sample rate is resampled with a warning (vad and features refuse it: their outputs are
+    sample-aligned). Returns the good entries, their embeddings `(N, D)` and quality records."""
     import numpy as np
 
-    done = map_entries(partial(_prepare, emb.prep, min_speech, purpose), entries, jobs=jobs, skip_bad=skip_bad, desc=desc,
+    done = map_entries(partial(_prepare, emb.prep, min_speech, purpose, clip), entries, jobs=jobs, skip_bad=skip_bad, desc=desc,
                        batch=partial(_embed_batch, emb), summary=summary)
     vecs = np.stack([v for _, (v, _) in done]) if done else np.zeros((0, emb.net.embed_dim), np.float32)
+    for e, (_, q) in done:
+        if q.resampled_from is not None:
+            log.warning("%s: recorded at %d Hz, resampled to %d Hz (`spkid convert` does it once for good)",
+                        _shown(e), q.resampled_from, emb.prep.front.sample_rate)
     return [e for e, _ in done], vecs, [q for _, (_, q) in done]
 
 
-def _prepare(prep: Preparer, min_speech: float | None, purpose: str, entry: Entry) -> Prepared:
-    prepared = prep.prepare_file(entry.path)
+def _shown(entry: Entry) -> str:
+    return "<stdin>" if entry.path == "-" else entry.path
+
+
+def _prepare(prep: Preparer, min_speech: float | None, purpose: str, clip: Clip | None, entry: Entry) -> Prepared:
+    prepared = prep.prepare_file(clip if entry.path == "-" and clip is not None else entry.path)
     if min_speech is not None:
         from spkid.decisions import require_speech
 
-        require_speech(entry.path, prepared.quality, min_speech, purpose)
+        require_speech(_shown(entry), prepared.quality, min_speech, purpose)
     return prepared
 
 
@@ -293,8 +323,11 @@ def _embed_batch(emb: Embedder, prepared: list[Prepared]) -> list[tuple[np.ndarr
 
 def embeddings_source(inputs: list[str] | None, forced: bool) -> str | None:
     """Where embeddings come from instead of audio: with `forced` (--from-embeddings) the one input (or stdin);
-    otherwise stdin when it starts with a `.npy` record (an embedding stream, not a text list); else None."""
+    otherwise stdin when it starts with a `.npy` record (an embedding stream, not a text list), or the one input
+    when it is a keyed-matrix file (its first record: 1-D text keys); else None."""
     from spkid import streams
+
+    from spkid import npyio
 
     args = list(inputs or [])
     if forced:
@@ -303,6 +336,8 @@ def embeddings_source(inputs: list[str] | None, forced: bool) -> str | None:
         return args[0] if args else "-"
     if args in ([], ["-"]) and streams.stdin_is_npy():
         return "-"
+    if len(args) == 1 and args[0].endswith(".npy") and npyio.is_keyed_file(args[0]):
+        return args[0]  # `spkid embed -o emb.npy` output named as the input: embeddings, not a feature matrix
     return None
 
 

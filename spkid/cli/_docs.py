@@ -18,7 +18,7 @@ import typer
 from typer._click import Context
 
 from spkid import __version__
-from spkid.cli import COMMANDS, COMPLETE_VAR, app
+from spkid.cli import COMMANDS, _completion, app
 
 DATE = "2026-11-22"  # fixed, so regenerating is reproducible; bump with the version
 REPO = Path(__file__).resolve().parents[2]
@@ -101,7 +101,7 @@ def render() -> dict[Path, str]:
     """Every generated file: path relative to the repository -> content."""
     root = typer.main.get_command(app)
     files: dict[Path, str] = {}
-    with Context(root, info_name="spkid") as ctx:
+    with Context(root, info_name="spkid", **(root.context_settings or {})) as ctx:  # -h beside --help
         files[Path("man/spkid.1")] = _page("spkid", root, ctx, [f"spkid-{c}" for c in COMMANDS if c in root.commands])
         for name in COMMANDS:
             if name not in root.commands:
@@ -110,9 +110,9 @@ def render() -> dict[Path, str]:
             with Context(cmd, info_name=name, parent=ctx) as sub:
                 see = ["spkid"] + [f"spkid-{c}" for c in COMMANDS if c != name and c in root.commands]
                 files[Path(f"man/spkid-{name}.1")] = _page(f"spkid-{name}", cmd, sub, see)
+    top, commands = _completion.command_tree(root, COMMANDS)
     for shell in SHELLS:
-        script = typer.completion.get_completion_script(prog_name="spkid", complete_var=COMPLETE_VAR, shell=shell)
-        files[Path(f"completions/spkid.{shell}")] = script.rstrip("\n") + "\n"
+        files[Path(f"completions/spkid.{shell}")] = _completion.RENDER[shell](top, commands)
     return files
 
 

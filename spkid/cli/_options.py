@@ -16,7 +16,9 @@ from spkid.utterance import MIN_SPEECH_S
 InputsArg = Annotated[
     list[str] | None,
     typer.Argument(
-        help="Audio/feature files, list files (*.txt *.lst *.list *.scp: PATH[<TAB>LABEL] a line), or - for a list on stdin (the default).",
+        help="Audio/feature files, folders (the audio files below them, labelled by their folders), list files "
+             "(*.txt *.lst *.list *.scp: PATH[<TAB>LABEL] a line), or - for a list on stdin (the default); "
+             "embed, enroll, verify and identify also take one audio clip piped on stdin.",
         show_default=False,
         metavar="INPUT",
     ),

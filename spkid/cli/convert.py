@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import typer
 
 from spkid import audio, lists, streams
-from spkid.cli._common import check_unique_outputs, run_file_job
+from spkid.cli._common import write_outputs
 from spkid.cli._options import (InputsArg, JobsOpt, LabelDepthOpt, OutDirOpt, OverwriteOpt, RootOpt, ShardOpt,
                                 SkipBadOpt)
 from spkid.lists import Entry
@@ -55,9 +55,7 @@ def convert(
     entries = lists.shard(everything, shard)
     suffix = audio.FORMATS[fmt][1]
     planned = [lists.output_path(e.path, out_dir, base, suffix) for e in entries]
-    check_unique_outputs(entries, planned)
-    todo = [(e, p) for e, p in zip(entries, planned) if overwrite or not p.exists()]
     fn = partial(_convert_one, out_dir=out_dir, root=base, rate=rate, fmt=fmt)
-    good = run_file_job(fn, [e for e, _ in todo], [p for _, p in todo], jobs=jobs, skip_bad=skip_bad, desc="convert")
-    failed = {e.path for e, _ in todo} - {e.path for e, _ in good}
-    streams.write_list(Entry(str(p), e.label) for e, p in zip(entries, planned) if e.path not in failed)
+    out = write_outputs(fn, entries, planned, overwrite=overwrite, jobs=jobs, skip_bad=skip_bad, desc="convert")
+    out.log_summary()
+    streams.write_list(Entry(str(p), e.label) for e, p in zip(entries, planned) if e.path not in out.failed)

@@ -25,9 +25,8 @@ app = typer.Typer(rich_markup_mode=None)
 def _warn_no_speech(entries: Sequence[Entry], quals: Sequence[Quality]) -> None:
     for e, q in zip(entries, quals):
         if q.no_speech:
-            log.warning("%s: no speech found by the VAD; embedded the whole file", e.path)
-        if q.resampled_from is not None:
-            log.debug("%s: resampled from %d Hz", e.path, q.resampled_from)
+            log.warning("%s: no speech found by the VAD; embedded the whole file (its quality record says so: "
+                        "enroll, verify and identify refuse it)", "<stdin>" if e.path == "-" else e.path)
 
 
 @app.command()
@@ -59,13 +58,16 @@ def embed(
     \b
     Examples:
       spkid embed wavs.txt -m model.pt > emb.npy
+      arecord -f S16_LE -r 16000 -c 1 -t wav -d 5 | spkid embed - -o mic.npy    # audio on stdin: one clip
       spkid convert -d conv < wavs.txt | spkid embed --model resemblyzer | spkid enroll -g enroll/
       spkid embed --model resemblyzer --shard 1/4 big.txt -o emb1.npy    # cat emb*.npy joins shards
     """
-    entries = lists.shard(streams.read_list(inputs), shard)
+    streams.check_binary_output(output)  # before any work
+    entries, clip = streams.read_inputs(inputs, command="embed")
+    entries = lists.shard(entries, shard)
     if not entries:
         raise SpkidError("the input list is empty")
     emb = embedder(EmbedOptions(model, device, threads, window, hop, no_vad, batch_size, backend), jobs=jobs)
-    good, vecs, quals = embed_entries(emb, entries, jobs=jobs, skip_bad=skip_bad)
+    good, vecs, quals = embed_entries(emb, entries, jobs=jobs, skip_bad=skip_bad, clip=clip)
     _warn_no_speech(good, quals)
     streams.write_embeddings([e.key for e in good], vecs, emb.meta, output, quality=[q.to_dict() for q in quals])

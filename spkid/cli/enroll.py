@@ -14,7 +14,7 @@ from spkid.cli._common import embed_entries, embeddings_source, embedder, gate_e
 from spkid.cli._options import (BackendOpt, BatchOpt, DeviceOpt, EmbedOptions, FromEmbeddingsOpt, HopOpt, InputsArg, JobsOpt,
                                 LabelDepthOpt, MinSpeechOpt, ModelOpt, NoVadOpt, SkipBadOpt, ThreadsOpt, WindowOpt)
 from spkid.errors import SpkidError, UsageError
-from spkid.lists import printable
+from spkid.lists import plural, printable
 from spkid.report import format_table
 from spkid.utterance import MIN_SPEECH_S
 
@@ -51,6 +51,7 @@ def enroll(
     model: ModelOpt = None,
     from_embeddings: FromEmbeddingsOpt = False,
     labels: Annotated[str | None, typer.Option("--labels", metavar="FILE", help="Speaker of each key: a list file of PATH<TAB>LABEL lines (default: the list's labels, or the key's folder).")] = None,
+    speaker: Annotated[str | None, typer.Option("--speaker", "-s", metavar="NAME", help="Enroll every input (clips, a folder, audio on stdin, embeddings) as this one speaker.")] = None,
     label_depth: LabelDepthOpt = 1,
     aggregation: Annotated[Literal["mean", "all"] | None, typer.Option("--aggregation", help="New gallery: keep one mean embedding per speaker (mean, the default) or every enrolment embedding (all).")] = None,
     remove: Annotated[list[str] | None, typer.Option("--remove", metavar="NAME", help="Remove this speaker (repeatable).")] = None,
@@ -80,11 +81,17 @@ def enroll(
     \b
     Examples:
       spkid enroll enroll.txt -g enroll/ --model resemblyzer
+      spkid enroll voices/ -g enroll/                       # voices/alice/*.wav, voices/bob/*.flac, ...
+      spkid enroll hans1.wav hans2.wav --speaker hans -g enroll/
       spkid embed -m model.pt enroll.txt | spkid enroll -g enroll/
       spkid enroll -g enroll/ --remove alice --list
     """
     from spkid import calibration, gallery
 
+    if speaker is not None and labels is not None:
+        raise UsageError("--speaker names every input's speaker; --labels names them key by key: give one of them")
+    if speaker is not None:
+        speaker = gallery.check_name(speaker)
     if threshold is not None:
         calibration.finite_number(threshold, "--threshold", "the threshold")
     g_path = Path(gallery_dir)
@@ -99,10 +106,10 @@ def enroll(
     if not editing_only:
         src = embeddings_source(inputs, from_embeddings)
         if src is not None:
-            add = _from_stream(src, existing, model, labels, label_depth, min_speech, skip_bad)
+            add = _from_stream(src, existing, model, labels, speaker, label_depth, min_speech, skip_bad)
         else:
             opts = EmbedOptions(model, device, threads, window, hop, no_vad, batch_size, backend)
-            add = _from_audio(inputs, existing, opts, labels, label_depth, min_speech, jobs, skip_bad)
+            add = _from_audio(inputs, existing, opts, labels, speaker, label_depth, min_speech, jobs, skip_bad)
     if existing is None and add is None:
         raise SpkidError(f"{g_path}: no such gallery; build one with `spkid enroll LIST -g {g_path}`")
 
@@ -128,18 +135,19 @@ def enroll(
             gallery.save(g_path, new)
     if add is not None:
         added = set(add.labels)
-        log.info("enrolled %d utterances of %d speakers (%d new) into %s, now %d speakers", len(add.labels),
-                 len(added), len(added - before), g_path, len(new.speakers))
+        log.info("enrolled %s of %s (%d new) into %s, now %s", plural(len(add.labels), "utterance"),
+                 plural(len(added), "speaker"), len(added - before), g_path, plural(len(new.speakers), "speaker"))
     if remove:
-        log.info("removed %s from %s, now %d speakers", ", ".join(map(printable, remove)), g_path, len(new.speakers))
+        log.info("removed %s from %s, now %s", ", ".join(map(printable, remove)), g_path,
+                 plural(len(new.speakers), "speaker"))
     if list_:
         rows = [["speaker", "utterances", "seconds"]]
         rows += [[printable(s), str(c), gallery.fmt_seconds(t)] for s, c, t in gallery.speaker_table(new)]
         streams.write_text(format_table(rows))
 
 
-def _from_stream(src: str, existing: Gallery | None, model: str | None, labels: str | None, label_depth: int,
-                 min_speech: float, skip_bad: bool) -> Addition:
+def _from_stream(src: str, existing: Gallery | None, model: str | None, labels: str | None, speaker: str | None,
+                 label_depth: int, min_speech: float, skip_bad: bool) -> Addition:
     """Embeddings piped from `spkid embed` (or --from-embeddings FILE), used as they are (no network, no torch),
     those without enough speech refused."""
     from spkid import embedding, gallery
@@ -161,7 +169,7 @@ def _from_stream(src: str, existing: Gallery | None, model: str | None, labels: 
         raise SpkidError(f"{emb.source}: no embeddings to enroll")
     rows = gate_embeddings(emb, min_speech, "enrolment", skip_bad)
     keys = [str(emb.keys[i]) for i in rows]
-    names = _checked_names(_labels_for(keys, labels, label_depth))
+    names = [speaker] * len(keys) if speaker is not None else _checked_names(_labels_for(keys, labels, label_depth))
     _warn_duplicates(keys)
     label = emb.meta.get("model") or model
     path = Path(label) if label and label != "resemblyzer" and Path(label).is_file() else None
@@ -171,30 +179,34 @@ def _from_stream(src: str, existing: Gallery | None, model: str | None, labels: 
 
 
 def _from_audio(inputs: list[str] | None, existing: Gallery | None, opts: EmbedOptions, labels: str | None,
-                label_depth: int, min_speech: float, jobs: int, skip_bad: bool) -> Addition:
+                speaker: str | None, label_depth: int, min_speech: float, jobs: int, skip_bad: bool) -> Addition:
     """The listed audio, embedded with the gallery's model (or --model): items without enough speech refused,
     other quality problems warned about."""
     from spkid.embedding import model_for_gallery
 
-    entries = streams.read_list(inputs, label_depth)
+    entries, clip = streams.read_inputs(inputs, label_depth, command="enroll -g DIR")
     if not entries:
         raise SpkidError("the input list is empty")
-    if labels:
+    if speaker is not None:
+        entries = [lists.Entry(e.path, speaker) for e in entries]
+    elif labels:
         names = _labels_for([e.key for e in entries], labels, label_depth)
         entries = [lists.Entry(e.path, n) for e, n in zip(entries, names)]
     unlabelled = [e.path for e in entries if e.label is None]
     if unlabelled:
+        if unlabelled[0] == "-":
+            raise UsageError("<stdin>: audio on stdin has no speaker label; name it with --speaker NAME")
         raise SpkidError(f"{unlabelled[0]}: no speaker label (no LABEL column and no parent folder); "
-                         "give PATH<TAB>LABEL lines or --labels FILE")
+                         "give PATH<TAB>LABEL lines, --labels FILE or --speaker NAME")
     entries = [lists.Entry(e.path, n) for e, n in zip(entries, _checked_names([e.label for e in entries]))]
     _warn_duplicates([e.key for e in entries])
     ref = model_for_gallery(opts.model, existing, opts.backend)
     emb = embedder(opts, ref, jobs)
     good, vectors, quals = embed_entries(emb, entries, jobs=jobs, skip_bad=skip_bad, desc="enroll",
-                                         min_speech=min_speech, purpose="enrolment")
+                                         min_speech=min_speech, purpose="enrolment", clip=clip)
     for e, q in zip(good, quals):
         for problem in q.problems():
-            log.warning("%s (%s): %s", e.path, e.label, problem)
+            log.warning("%s (%s): %s", "<stdin>" if e.path == "-" else e.path, printable(e.label), problem)
     meta = {"model": {"sha256": ref.sha256, "label": ref.label, "path": str(ref.path.resolve())},
             "features": emb.spec.features, "embedding": emb.prep.cfg.to_dict()}
     return Addition([e.label for e in good], vectors, [q.speech_seconds for q in quals], meta)

@@ -12,7 +12,7 @@ import numpy as np
 import typer
 
 from spkid import fileio, lists, streams
-from spkid.cli._common import check_unique_outputs, run_file_job
+from spkid.cli._common import write_outputs
 from spkid.cli._options import (InputsArg, JobsOpt, LabelDepthOpt, OutDirOpt, OverwriteOpt, RootOpt, ShardOpt,
                                 SkipBadOpt)
 from spkid.cmvn import Norm
@@ -166,23 +166,18 @@ def features(
     ranges = _vad_ranges(vad, len(everything), positions) if vad else {}
     base = Path(root) if root else lists.default_root([e.path for e in everything])
     planned = [lists.output_path(e.path, out_dir, base, ".npy") for e in entries]
-    check_unique_outputs(entries, planned)
     _check_config(out_dir, cfg, overwrite)
     config_path = Path(out_dir) / CONFIG_NAME
     config_existed = config_path.exists()
     try:  # from the config's write on: a Ctrl-C right after it must not leave it behind either
         with fileio.atomic_write(config_path, "w") as f:
             f.write(json.dumps(cfg.to_dict(), indent=1) + "\n")
-        todo = [
-            (_Job(e.path, e.label, _ranges(ranges[i]) if vad else None), p)
-            for i, e, p in zip(positions, entries, planned)
-            if overwrite or not p.exists()
-        ]
+        items = [_Job(e.path, e.label, _ranges(ranges[i]) if vad else None) for i, e in zip(positions, entries)]
         fn = partial(_features_one, cfg=cfg, out_dir=out_dir, root=base)
-        good = run_file_job(fn, [j for j, _ in todo], [p for _, p in todo], jobs=jobs, skip_bad=skip_bad, desc="features")
+        out = write_outputs(fn, items, planned, overwrite=overwrite, jobs=jobs, skip_bad=skip_bad, desc="features")
     except BaseException:
         if not config_existed:  # a failed first run leaves no half-made folder behind
             config_path.unlink(missing_ok=True)
         raise
-    failed = {e.path for e, _ in todo} - {e.path for e, _ in good}
-    streams.write_list(Entry(str(p), e.label) for e, p in zip(entries, planned) if e.path not in failed)
+    out.log_summary()
+    streams.write_list(Entry(str(p), e.label) for e, p in zip(entries, planned) if e.path not in out.failed)

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("spkid.identify")
 app = typer.Typer(rich_markup_mode=None)
 
+IDENTIFY_HEADER = "key\tdecision\tscore\tmargin\tbest"  # on a terminal only: pipes stay headerless
+
 
 @app.command()
 def identify(
@@ -67,6 +69,7 @@ def identify(
     \b
     Examples:
       spkid identify clip1.wav clip2.wav -g enroll/ --top-k 3
+      arecord -f S16_LE -r 16000 -c 1 -t wav -d 5 | spkid identify - -g enroll/    # from the microphone
       spkid embed -m model.pt test.txt | spkid identify -g enroll/ --json | spkid score
       spkid identify --in meeting.flac -g enroll/ --window 2 --hop 0.5
     """
@@ -89,17 +92,18 @@ def identify(
     else:
         from spkid.embedding import model_for_gallery
 
-        entries = streams.read_list(inputs, label_depth)
+        entries, clip = streams.read_inputs(inputs, label_depth, command=f"identify -g {gallery_dir}")
         if not entries:
             raise SpkidError("the input list is empty")
         ref = model_for_gallery(opts.model, g, opts.backend)
         emb = embedder(opts, ref, jobs)
         spec, sha = emb.spec, ref.sha256
         good, queries, quals = embed_entries(emb, entries, jobs=jobs, skip_bad=skip_bad, desc="identify",
-                                             min_speech=min_speech, purpose="identification")
+                                             min_speech=min_speech, purpose="identification", clip=clip)
         keys, labels, quality = [e.key for e in good], [e.label for e in good], [q.to_dict() for q in quals]
     records = _decide(g, queries, keys, labels, quality, sha, ref, spec, rule, top_k)
-    streams.write_text("".join((r.to_json() if as_json else r.to_text(top_k > 1)) + "\n" for r in records))
+    header = "" if as_json or not streams.stdout_is_terminal() else IDENTIFY_HEADER + ("\ttop" if top_k > 1 else "") + "\n"
+    streams.write_text(header + "".join((r.to_json() if as_json else r.to_text(top_k > 1)) + "\n" for r in records))
 
 
 def _from_embeddings(src: str, g: Gallery, model: str | None, label_depth: int, min_speech: float, skip_bad: bool):

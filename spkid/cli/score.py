@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -32,6 +33,11 @@ def _read_lines(src: str, what: str) -> list[str]:
 
 def _source(src: str) -> str:
     return "<stdin>" if src == "-" else src
+
+
+def _plot_title(src: str, plot: str) -> str:
+    """What a plot shows: its scores file's name, or with the scores on stdin the plot file's own (det.png: det)."""
+    return Path(plot).stem if src == "-" else Path(src).name
 
 
 def _fmt(v) -> str:
@@ -193,7 +199,7 @@ def score(
         for name, bad in (("--trials", trials), ("--threshold", threshold), ("--llr", llr), ("--bootstrap", bootstrap)):
             if bad:
                 raise UsageError(f"{name} applies to verification scores, but {_source(src)} holds identification results")
-        _identification(parsed, top_k or 5, far, confusion, as_json, plot)
+        _identification(parsed, top_k or 5, far, confusion, as_json, plot, src)
         return
     for name, bad in (("--top-k", top_k), ("--confusion", confusion)):
         if bad:
@@ -207,12 +213,13 @@ def score(
     if plot:
         from spkid import plots
 
-        plots.plot_verification(data.target, data.nontarget, plot, p_target, c_miss, c_fa, title=_source(src))
+        plots.plot_verification(data.target, data.nontarget, plot, p_target, c_miss, c_fa, title=_plot_title(src, plot))
         log.info("plot written to %s", plot)
     streams.write_text(json.dumps(_json_safe(rep), indent=2) + "\n" if as_json else _report_table(rep))
 
 
-def _identification(records: list[IdRecord], k: int, far: float, confusion: bool, as_json: bool, plot: str | None) -> None:
+def _identification(records: list[IdRecord], k: int, far: float, confusion: bool, as_json: bool, plot: str | None,
+                    src: str) -> None:
     rep = report.identification_report(records, k, far)
     text = ""
     if confusion:
@@ -222,7 +229,7 @@ def _identification(records: list[IdRecord], k: int, far: float, confusion: bool
     if plot:
         from spkid import plots
 
-        plots.plot_identification(*report.identification_arrays(records), plot)
+        plots.plot_identification(*report.identification_arrays(records), plot, title=_plot_title(src, plot))
         log.info("plot written to %s", plot)
     streams.write_text(json.dumps(_json_safe(rep), indent=2) + "\n" if as_json else _report_table(rep) + text)
 

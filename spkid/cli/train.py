@@ -12,6 +12,7 @@ from spkid import streams
 from spkid.cli._common import STATE, err_console, show_progress
 from spkid.cli._options import InputsArg, LabelDepthOpt
 from spkid.errors import SpkidError
+from spkid.lists import plural
 
 app = typer.Typer(rich_markup_mode=None)
 
@@ -108,8 +109,8 @@ def train(
     if not STATE.quiet:
         last = summary["history"][-1] if summary["history"] else {}
         eer = f", validation EER {100 * last['val_eer']:.2f} %" if last.get("val_eer") is not None else ""
-        typer.echo(f"spkid train: wrote {output} ({summary['parameters']:,} parameters, "
-                   f"{summary['epochs_done']} epochs{eer})", err=True)
+        typer.echo(f"spkid train: wrote {output} ({plural(summary['parameters'], 'parameter')}, "
+                   f"{plural(summary['epochs_done'], 'epoch')}{eer})", err=True)
 
 
 def _noise_files(arg: str) -> list[str]:

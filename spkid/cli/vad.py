@@ -12,7 +12,7 @@ import typer
 
 from spkid import audio, lists, streams
 from spkid import vad as core
-from spkid.cli._common import check_unique_outputs, map_entries, run_file_job
+from spkid.cli._common import map_entries, write_outputs
 from spkid.cli._options import (InputsArg, JobsOpt, LabelDepthOpt, OutputOpt, OverwriteOpt, RootOpt, ShardOpt,
                                 SkipBadOpt)
 from spkid.lists import Entry
@@ -101,6 +101,8 @@ def vad(
         raise typer.BadParameter("-d/--out-dir is for --trim; the .npy goes to stdout or -o FILE")
     if segments and length is not None:
         raise typer.BadParameter("--segments writes every segment; it takes no LENGTH")
+    if not trim:
+        streams.check_binary_output(output)  # before any work
     cfg = VadConfig(frame=frame, hop=hop, threshold=threshold, neg_threshold=neg_threshold,
                     min_speech=min_speech, min_silence=min_silence, padding=padding)
     everything = streams.read_list(inputs, label_depth)
@@ -132,18 +134,18 @@ def _run_trim(entries: list[Entry], cfg: VadConfig, out_dir: str, base: Path, fm
               jobs: int, skip_bad: bool, overwrite: bool) -> None:
     suffix = audio.FORMATS[fmt][1]
     planned = [lists.output_path(e.path, out_dir, base, suffix) for e in entries]
-    check_unique_outputs(entries, planned)
-    todo = [(e, p) for e, p in zip(entries, planned) if overwrite or not p.exists()]
     fn = partial(_trim_one, cfg=cfg, out_dir=out_dir, root=base, fmt=fmt)
-    good = run_file_job(fn, [e for e, _ in todo], [p for _, p in todo], jobs=jobs, skip_bad=skip_bad, desc="vad")
-    results = {e.path: segs for e, (segs, _) in good}
-    failed = {e.path for e, _ in todo} - set(results)
+    out = write_outputs(fn, entries, planned, overwrite=overwrite, jobs=jobs, skip_bad=skip_bad, desc="vad")
+    results = {path: segs for path, (segs, _) in out.results.items()}
     listed = []
+    silent = 0
     for e, p in zip(entries, planned):
-        if e.path in failed:
+        if e.path in out.failed:
             continue
         if e.path in results and len(results[e.path]) == 0:
             log.warning("%s: no voice found; left out of the list", e.path)
+            silent += 1
             continue
         listed.append(Entry(str(p), e.label))
+    out.log_summary(*([f"{silent:,} without voice"] if silent else []))
     streams.write_list(listed)

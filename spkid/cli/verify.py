@@ -65,6 +65,7 @@ def verify(
     \b
     Examples:
       spkid verify a.wav b.wav --model resemblyzer
+      arecord -f S16_LE -r 16000 -c 1 -t wav -d 5 | spkid verify - -g enroll/ --speaker alice -q && echo welcome
       spkid verify clip.wav -g enroll/ --speaker alice -q && echo welcome
       spkid verify --trials trials.txt --root vox1/wav -m model.pt | spkid score
       spkid verify --trials trials.txt --embeddings emb.npy --cohort cohort.npy > scores.txt
@@ -115,21 +116,28 @@ def _pair(args: list[str], g: Gallery | None, speaker: str | None, opts: EmbedOp
 
     if g is not None:
         g.index(speaker)  # an unknown name fails before any work
+    clip = None
+    if "-" in args:
+        if args.count("-") > 1:
+            raise UsageError("`-` names stdin's one audio clip; give it once")
+        clip = streams.stdin_audio()
+        if clip is None:
+            raise SpkidError("-: stdin holds no audio (WAV, FLAC, OGG or MP3 bytes); pipe a clip, or name its file")
     ref = model_for_gallery(opts.model, g, opts.backend)
     emb = embedder(opts, ref)
     entries = [lists.Entry(a) for a in args]
     _, vecs, quals = embed_entries(emb, entries, desc="verify", min_speech=min_speech, purpose="verification",
-                                   summary=False)
+                                   clip=clip, summary=False)
     for e, q in zip(entries, quals):
         if q.speech_seconds < emb.prep.cfg.min_s:
             log.warning("%s: only %.2f s of speech; the score is unreliable", e.path, q.speech_seconds)
     cohort = load_cohort(rule.cohort, ref.sha256) if rule.cohort else None
     if g is not None:
         score = decisions.claim_score(g, speaker, vecs[0], rule.score_by, cohort)
-        names = (speaker, args[0])
+        names = (speaker, _shown(args[0]))
     else:
         score = decisions.pair_score(vecs[0], vecs[1], cohort)
-        names = (args[0], args[1])
+        names = (_shown(args[0]), _shown(args[1]))
     thr = choose_threshold(rule, g, ref, emb.spec, as_norm=cohort is not None)
     if thr.score is None and quiet:
         raise SpkidError(f"-q needs a decision, but there is {decisions.NO_THRESHOLD}")
@@ -193,6 +201,10 @@ def _trials(path: str, g: Gallery | None, embeddings: str | None, root: str | No
     if len(kept) < len(t.enroll):
         log.warning("%d of %d trials dropped: their files were skipped", len(t.enroll) - len(kept), len(t.enroll))
     streams.write_text(trials.format_scores(t, kept, scores), output)
+
+
+def _shown(arg: str) -> str:
+    return "<stdin>" if arg == "-" else arg
 
 
 def _rooted(name: str, root: str | None) -> str:

@@ -10,6 +10,8 @@ keeps its attribute names (`lstm`, `linear`) so its pretrained state dict loads 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,5 +37,22 @@ class LSTMGE2E(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`x`: `(batch, frames, feat_dim)` float32 -> `(batch, embed_dim)`, unit L2 norm."""
-        _, (hidden, _) = self.lstm(x)
+        with _own_kernel(self.lstm.proj_size > 0 and x.device.type == "cpu"):
+            _, (hidden, _) = self.lstm(x)
         return F.normalize(F.relu(self.linear(hidden[-1])), dim=1, eps=1e-5)
+
+
+@contextlib.contextmanager
+def _own_kernel(active: bool):
+    """oneDNN has no LSTM with projections: on CPU, PyTorch tries it, falls back to its own kernel and says so in
+    a UserWarning on the user's stderr. Asking for its own kernel directly (oneDNN off for the call) computes the
+    same numbers without the detour."""
+    if not active:
+        yield
+        return
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
