@@ -11,20 +11,15 @@ here=$(cd "$(dirname "$0")" && pwd)
 clips=${1:-$here/clips}
 work=${2:-demo_out}
 rm -rf "$work" && mkdir -p "$work"
-export LC_ALL=C  # glob order
-shopt -s nullglob
-audio() { for f in "$1"/*/*; do case ${f,,} in *.flac|*.wav|*.ogg|*.mp3) printf '%s\n' "$f";; esac; done; }
-audio "$clips/enroll" > "$work/enroll.txt"
-audio "$clips/probe" > "$work/probe.txt"
-if [ ! -s "$work/enroll.txt" ] || [ ! -s "$work/probe.txt" ]; then
+if [ ! -d "$clips/enroll" ] || [ ! -d "$clips/probe" ]; then
   echo "demo: $clips needs enroll/<speaker>/ and probe/<speaker>/ audio files" >&2
   exit 1
 fi
-echo "== enrolling $(awk -F/ '{print $(NF-1)}' "$work/enroll.txt" | uniq | tr '\n' ' ')" >&2
-spkid enroll "$work/enroll.txt" -g "$work/gallery"
+echo "== enrolling every speaker of $clips/enroll (a folder argument: the speaker is each file's folder)" >&2
+spkid enroll "$clips/enroll" -g "$work/gallery"
 spkid enroll -g "$work/gallery" --list >&2
 echo "== identifying the probe clips" >&2
-spkid identify "$work/probe.txt" -g "$work/gallery" --json > "$work/identify.jsonl"
+spkid identify "$clips/probe" -g "$work/gallery" --json > "$work/identify.jsonl"
 python - "$work/identify.jsonl" <<'PY'
 import json
 import os

@@ -51,7 +51,7 @@ bench = importlib.util.module_from_spec(_spec)
 sys.modules["bench_vad"] = bench
 _spec.loader.exec_module(bench)
 
-from spkid.vad import Frontend  # noqa: E402
+from spkid.vadfront import Frontend  # noqa: E402
 
 SR = bench.SR
 HOP = bench.HOP

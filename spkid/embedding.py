@@ -163,6 +163,8 @@ def model_for_gallery(model: str | None, g: Gallery | None, backend: str = "auto
         path = rec.get("path")
         if rec.get("label") == "resemblyzer":
             ref = resolve_model("resemblyzer", backend)
+        elif rec.get("label") == "default":  # the bundled model, wherever this installation keeps it
+            ref = resolve_model(None, backend)
         elif path and Path(path).is_file():
             ref = resolve_model(path, backend)
         else:

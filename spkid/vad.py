@@ -8,6 +8,8 @@ power of the 40 FFT bins from 62 to 1280 Hz (resolved voice harmonics). The netw
 20 ms, repeated to the 10 ms grid that `speech_prob` returns; `segments` smooths, applies hysteresis and
 minimum durations, and pads.
 
+The front end, and the noise fill that lets the network hear band-limited (8 kHz) speech, are `spkid.vadfront`'s.
+
     >>> from spkid import vad
     >>> p = vad.speech_prob(x, 16000)              # (len(x) // 160,) float32 in [0, 1], one per 10 ms
     >>> segs = vad.segments(x, 16000)              # int64 (K, 2) [start, end) in samples
@@ -28,11 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from spkid.errors import SpkidError
-from spkid.fft import rfft
+from spkid.vadfront import DETECT_FRAMES, SAMPLE_RATE, Fill, Frontend, band_fill
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 FRAME_SHIFT = SAMPLE_RATE // 100  # samples per 10 ms output frame
 MODEL_PATH = Path(__file__).resolve().parent / "data" / "vad.npz"
 BLOCK_FRAMES = 8192  # model frames (164 s) per block of `VadModel.prob`: a 2-hour file needs ~60 MB, not GBs
@@ -74,75 +75,6 @@ class VadConfig:
                 raise SpkidError(f"vad: {name} must be >= 0, got {getattr(self, name)}")
 
 
-def mel_filterbank(n_fft: int, n_mels: int, sr: int, fmin: float, fmax: float) -> np.ndarray:
-    """Triangular HTK-Mel filters as a float32 `(n_fft // 2 + 1, n_mels)` matrix (power spectrum -> band energy)."""
-
-    def hz2mel(f: np.ndarray | float) -> np.ndarray:
-        return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
-
-    edges = 700.0 * (10 ** (np.linspace(hz2mel(fmin), hz2mel(fmax), n_mels + 2) / 2595.0) - 1.0)
-    freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
-    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    tri = np.maximum(0.0, np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)))
-    return tri.T.astype(np.float32)
-
-
-@dataclass(frozen=True)
-class Frontend:
-    """Log-Mel front end: `win`-sample Hann windows every `hop` samples, `n_fft`-point FFT, `n_mels` bands,
-    followed by the log power of `n_lin` FFT bins from bin `lin_from` (62-1280 Hz at the defaults): at that
-    resolution the harmonics of a voice are resolved, so the network can see whether pitch glides (speech) or
-    holds and jumps (music).
-
-    Frame j is centred on sample hop * j + hop / 2; a signal of n samples gives ceil(n / hop) frames.
-    """
-
-    n_fft: int = 512
-    win: int = 512
-    hop: int = 320
-    n_mels: int = 32
-    fmin: float = 40.0
-    fmax: float = 8000.0
-    floor: float = 1e-9
-    lin_from: int = 2
-    n_lin: int = 40
-
-    @property
-    def filters(self) -> tuple[np.ndarray, np.ndarray]:
-        return _frontend_tables(self)
-
-    def __call__(self, x: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """float32 signal `(n,)` -> float32 `(ceil(n / hop), n_mels + n_lin)`: log-Mel, then log low bins.
-
-        `start`/`stop` compute only frames [start, stop) of those, exactly as in the whole matrix (blocks of a
-        long recording)."""
-        window, mel = self.filters
-        n = -(-len(x) // self.hop)
-        stop = n if stop is None else min(stop, n)
-        count = max(stop - start, 0)
-        first = start * self.hop - (self.win // 2 - self.hop // 2)  # sample under frame `start`'s first tap
-        xp = np.zeros((count - 1) * self.hop + self.win if count else 0, np.float32)
-        lo, hi = max(first, 0), min(first + len(xp), len(x))
-        if hi > lo:
-            xp[lo - first : hi - first] = x[lo:hi]
-        frames = np.lib.stride_tricks.as_strided(xp, (count, self.win), (xp.strides[0] * self.hop, xp.strides[0]))
-        # scipy's pocketfft keeps float32 and is ~3x faster here than numpy.fft
-        spec = rfft(frames * window, n=self.n_fft, axis=1)
-        power = np.abs(spec)
-        power *= power
-        out = np.empty((count, self.n_mels + self.n_lin), np.float32)
-        np.matmul(power, mel, out=out[:, : self.n_mels])
-        out[:, self.n_mels :] = power[:, self.lin_from : self.lin_from + self.n_lin]
-        out += np.float32(self.floor)
-        return np.log(out, out=out)
-
-
-@lru_cache(maxsize=8)
-def _frontend_tables(fe: Frontend) -> tuple[np.ndarray, np.ndarray]:
-    window = np.hanning(fe.win + 2)[1:-1].astype(np.float32)
-    return window, mel_filterbank(fe.n_fft, fe.n_mels, SAMPLE_RATE, fe.fmin, fe.fmax)
-
-
 class VadModel:
     """The numpy network: weights and front-end settings from a `.npz` written by scripts/train_vad.py."""
 
@@ -173,18 +105,26 @@ class VadModel:
         """Model frames on each side that one output frame depends on (the receptive field's half-width)."""
         return sum(d * (w.shape[0] // 2) for w, _, d in self.layers)
 
-    def prob(self, x: np.ndarray, block: int = BLOCK_FRAMES) -> np.ndarray:
+    def prob(self, x: np.ndarray, block: int = BLOCK_FRAMES, fill: bool = True) -> np.ndarray:
         """Speech probability per model frame `(ceil(len / hop),)` of a float32 signal, computed over blocks of
-        `block` frames with `context` frames of overlap on each side: the same numbers as `forward(features(x))`,
-        with memory bounded by the block instead of growing with the recording."""
+        `block` frames with `context` frames of overlap on each side: the same numbers as
+        `forward(frontend(x, fill=self.fill(x)))`, with memory bounded by the block instead of growing with the
+        recording. `fill`: hear band-limited input with its empty band filled (`band_fill`)."""
         n = -(-len(x) // self.hop)
-        ctx = self.context
-        parts = []
+        if n <= block:  # one block: the detection reads the block's own spectra, at no cost
+            return self.forward(self.frontend(x, fill=fill))
+        found, ctx, parts = self.fill(x) if fill else None, self.context, []
         for a in range(0, n, block):
             b = min(n, a + block)
             lo, hi = max(0, a - ctx), min(n, b + ctx)
-            parts.append(self.forward(self.frontend(x, lo, hi))[a - lo : b - lo])
-        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+            parts.append(self.forward(self.frontend(x, lo, hi, found))[a - lo : b - lo])
+        return np.concatenate(parts)
+
+    def fill(self, x: np.ndarray) -> Fill | None:
+        """`band_fill` of `x`, from at most `DETECT_FRAMES` of its frames spread evenly over it."""
+        n = -(-len(x) // self.hop)
+        power = np.abs(self.frontend.spectra(x, step=max(1, -(-n // DETECT_FRAMES)))) ** 2
+        return band_fill(power, self.frontend.n_fft)
 
     def forward(self, feats: np.ndarray) -> np.ndarray:
         """Front-end features `(T, n_mels + n_lin)` -> `(T,)` speech probability per model frame."""
@@ -235,6 +175,7 @@ def speech_prob(signal: np.ndarray, sr: int, model: VadModel | None = None) -> n
     """Speech probability for each 10 ms frame: float32 `(len(signal) // 160,)`.
 
     Frame i covers samples [160 i, 160 i + 160). `signal` is mono, 16 kHz, float in [-1, 1] (or integer PCM).
+    Band-limited input is heard with its empty band filled (`band_fill`).
     """
     x = check_signal(signal, sr)
     model = model or load_model()

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO
-from spkid import vad
+from spkid import vad, vadfront
 from spkid.errors import SpkidError
 
 SR = 16000
@@ -106,7 +106,7 @@ def test_input_is_checked_with_a_hint():
 
 
 def test_frontend_puts_a_tone_in_its_band():
-    fe = vad.Frontend()
+    fe = vadfront.Frontend()
     t = np.arange(SR) / SR
     feats = fe(np.sin(2 * np.pi * 1000 * t).astype(np.float32))
     assert feats.shape == (SR // fe.hop, fe.n_mels + fe.n_lin)

@@ -356,5 +356,6 @@ def choose_threshold(rule: RuleOptions, g: Gallery | None, ref: ModelRef | None,
     from spkid import decisions, modelfile
 
     model_cal = modelfile.model_calibration(ref, spec) if rule.threshold is None else None
-    thr = decisions.choose_threshold(rule.threshold, g, model_cal, ref.label if ref else "", rule.point, as_norm)
+    label = "" if ref is None else "default (the bundled one)" if ref.label == "default" else ref.label
+    thr = decisions.choose_threshold(rule.threshold, g, model_cal, label, rule.point, as_norm)
     return thr
