@@ -20,7 +20,7 @@ from spkid.calibration import Calibration, finite_number
 from spkid.errors import SpkidError
 from spkid.scoring import AS_NORM_TOP_N, as_norm, as_norm_pair, cohort_stats, unit
 from spkid.trials import UNKNOWN, IdRecord, Trials
-from spkid.utterance import MIN_SPEECH_S, Quality
+from spkid.utterance import MIN_SPEECH_S, SURE_SHARE, Quality
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +88,23 @@ def _from_calibration(cal: Calibration, point: str, where: str) -> ThresholdChoi
 def require_speech(name: str, quality: Quality | Mapping | None, min_s: float = MIN_SPEECH_S,
                    purpose: str = "identification", hint: str = "--min-speech") -> None:
     """The speech gate of every command that makes or stores a decision (verify, identify, enroll), for audio
-    and embedding inputs alike: refuse an item whose VAD found less than `min_s` seconds of speech, with one
-    line naming it and the seconds found. `quality`: a `utterance.Quality`, or its `to_dict()` record as an
+    and embedding inputs alike: refuse an item whose VAD found less than `min_s` seconds of speech, or where the
+    VAD is sure (`utterance.SURE_PROB`) of less than `SURE_SHARE` of what it found (music it half-hears as
+    speech), with one line naming it and the seconds found. `quality`: a `utterance.Quality`, or its `to_dict()` record as an
     embedding stream carries it (`npyio.Embeddings.quality`); None (a stream without records) and items whose
     speech was not measured (--no-vad, feature files) pass: --no-vad is the explicit way to score everything."""
     if quality is None:
         return
     q = quality if isinstance(quality, Quality) else Quality.from_dict(quality, f"{name}: quality record")
-    if not q.vad or (not q.no_speech and q.speech_seconds >= min_s):
+    if not q.vad:
         return
-    found = "only 0.00 s of speech (the VAD found none)" if q.no_speech else f"only {q.speech_seconds:.2f} s of speech"
-    raise SpkidError(f"{name}: {found} in {q.seconds:.2f} s of audio; {purpose} needs at least {min_s:g} s of "
-                     f"speech ({hint}; --no-vad uses the whole file)")
+    if q.no_speech or q.speech_seconds < min_s:
+        found = "only 0.00 s of speech (the VAD found none)" if q.no_speech else f"only {q.speech_seconds:.2f} s of speech"
+        raise SpkidError(f"{name}: {found} in {q.seconds:.2f} s of audio; {purpose} needs at least {min_s:g} s of "
+                         f"speech ({hint}; --no-vad uses the whole file)")
+    if q.sure_seconds is not None and q.sure_seconds < SURE_SHARE * q.speech_seconds:
+        raise SpkidError(f"{name}: the VAD is unsure of the {q.speech_seconds:.2f} s it took for speech (sure of "
+                         f"{q.sure_seconds:.2f} s: music or noise?); {purpose} needs speech (--no-vad uses the whole file)")
 
 
 def quality_json(quality: Quality | Mapping | None) -> dict | None:

@@ -192,7 +192,9 @@ def keyed_records(keys: Iterable[str], values: np.ndarray, meta: dict | None,
     return records
 
 
-QUALITY_FIELDS = ("seconds", "speech_seconds", "vad", "no_speech", "clipped", "rms_dbfs", "resampled_from")
+QUALITY_FIELDS = ("seconds", "speech_seconds", "vad", "no_speech", "clipped", "rms_dbfs", "resampled_from",
+                  "sure_seconds")
+OPTIONAL_QUALITY_FIELDS = ("sure_seconds",)  # absent from streams written before it was measured
 
 
 def _split_quality(meta: dict, n: int, source: str) -> list[dict | None] | None:
@@ -200,6 +202,8 @@ def _split_quality(meta: dict, n: int, source: str) -> list[dict | None] | None:
     cols = meta.pop("quality", None)
     if cols is None:
         return None
+    if isinstance(cols, dict):
+        cols = {**{c: [None] * n for c in OPTIONAL_QUALITY_FIELDS}, **cols}
     if not isinstance(cols, dict) or any(not isinstance(cols.get(c), list) or len(cols[c]) != n for c in QUALITY_FIELDS):
         raise SpkidError(f"{source}: damaged quality record in the model record (expected {n} values of each of "
                          f"{', '.join(QUALITY_FIELDS)})")

@@ -67,6 +67,10 @@ def _signals(tmp: Path) -> dict[str, Path]:
         y, sr = sf.read(music[0], dtype="float32", frames=3 * 44100, always_2d=True)
         out["music"] = tmp / "music.wav"
         sf.write(out["music"], y.mean(axis=1), sr)
+    # the music clip in which the VAD hears the most "speech" (2.7 s of 83 s), whole
+    credits = [m for m in music if m.name.startswith("music_credits1-cp")]
+    if credits:
+        out["credits"] = credits[0]
     return out
 
 
@@ -77,7 +81,7 @@ def test_verify_never_accepts_non_speech(tmp_path):
         err = proc.stderr.decode()
         assert b"accept" not in proc.stdout and proc.returncode == 1, (a, b, proc.stdout, err)
         assert err.startswith("spkid verify: error: ") and len(err.strip().splitlines()) == 1, err
-        assert "s of speech" in err
+        assert "of speech" in err or "took for speech" in err
         quiet = sh(f"spkid verify {signals[a]} {signals[b]} --threshold 0 -q")
         assert quiet.returncode == 2 and quiet.stdout == b""
 
