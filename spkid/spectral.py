@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from spkid.errors import SpkidError
+
 if TYPE_CHECKING:
     from spkid.features import FeatureConfig
 
@@ -33,7 +35,7 @@ def window(name: str, n: int) -> np.ndarray:
         return np.hanning(n)
     if name == "povey":
         return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / max(n - 1, 1))) ** 0.85
-    raise SpkidError(f"unknown window {name!r}; choose from {', '.join(get_args(Window))}")
+    raise SpkidError(f"unknown window {name!r}; choose from rectangular, hamming, hann, povey")
 
 
 def mel_filterbank(n_filters: int, nfft: int, sample_rate: int, low_freq: float, high_freq: float) -> np.ndarray:

@@ -11,8 +11,6 @@ from typing import Annotated, Literal
 
 import typer
 
-from spkid.utterance import MIN_SPEECH_S
-
 InputsArg = Annotated[
     list[str] | None,
     typer.Argument(
