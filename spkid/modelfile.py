@@ -120,24 +120,20 @@ def check_identity(spec: ModelSpec, state: dict, stored: str, source: str | Path
 
 
 def identity(path: str | Path, spec: ModelSpec, state: dict) -> str:
-    """The identity of the model file `path` whose contents `read` gave: the stored one, trusted (its config is
-    compared with `spec`, which costs nothing), else computed."""
+    """The identity of the model file `path` whose contents `read` gave: the stored one, checked against the
+    weights already in memory (hashing them costs milliseconds next to reading them), else computed."""
     head = header(path)
     if head is None:
         return fingerprint(spec, state)
     _same_config(head[0], spec, path)
-    return head[1]
+    return check_identity(spec, state, head[1], path)
 
 
 def verify(path: str | Path) -> tuple[ModelSpec, dict, str]:
     """(spec, state_dict, identity) of a model file, its stored identity checked against its weights (a file
     without the record: computed). Used before writing anything that carries the identity on."""
     spec, state = read(path)
-    head = header(path)
-    if head is None:
-        return spec, state, fingerprint(spec, state)
-    _same_config(head[0], spec, path)
-    return spec, state, check_identity(spec, state, head[1], path)
+    return spec, state, identity(path, spec, state)
 
 
 def _same_config(stored: ModelSpec, spec: ModelSpec, path: str | Path) -> None:

@@ -178,6 +178,11 @@ def test_a_model_file_whose_stored_identity_does_not_match_its_weights_is_refuse
     err = out.stderr.decode()
     assert out.returncode == 1 and err.startswith(f"spkid export: error: {bad}: the model's stored identity")
     assert err.count("\n") == 1 and not (tmp_path / "bad.onnx").exists()
+    # and nothing runs it: the weights read for inference are checked against the stored identity too
+    clip = sorted((Path(__file__).resolve().parents[1] / "examples" / "clips" / "probe").glob("*/*.flac"))[0]
+    out = sh(f"spkid embed {clip} -m {bad} --backend torch -o {tmp_path / 'e.npy'}")
+    assert out.returncode == 1 and "does not match its weights" in out.stderr.decode()
+    assert not (tmp_path / "e.npy").exists()
     # a damaged record is refused by every read, not only by the checks of writers
     record = json.loads(_record(tmp_path / "m.pt"))
     broken = _with_record(torch.load(tmp_path / "m.pt", weights_only=True),
