@@ -183,7 +183,7 @@ def _remove_dead_temps(folder: Path) -> None:
         return
     for name in names:
         m = _temp_match(name)
-        if m is not None and m[1]["pid"] and m[1]["host"] == _HOST and not _pid_alive(int(m[1]["pid"])):
+        if m is not None and m[1]["pid"] and m[1]["host"] == _HOST and not pid_alive(int(m[1]["pid"])):
             log.debug("removing %s, left by a killed spkid process", folder / name)
             with contextlib.suppress(OSError):
                 os.unlink(folder / name)
@@ -201,7 +201,8 @@ def _temp_match(name: str) -> tuple[str, re.Match] | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (one that exists but is not ours counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from spkid.errors import SpkidError
-from spkid.fileio import make_dirs, remove_empty_dirs
+from spkid.fileio import make_dirs, pid_alive, remove_empty_dirs
 from spkid.folders import clean_leftovers, real_path
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class GalleryLock:
         info = _read_fd(fd)
         if info:
             pid = _pid(info)
-            state = "is not running" if pid is not None and not _alive(pid) else "holds no lock"
+            state = "is not running" if pid is not None and not pid_alive(pid) else "holds no lock"
             log.warning("%s: stale lock of %s, which %s; taking it over", self.path, _describe(info), state)
         self._own(fd)
         return None
@@ -127,16 +127,6 @@ def _pid(info: str) -> int | None:
         return int(parts[1]) if len(parts) > 1 and parts[0] == "pid" else None
     except ValueError:
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _describe(info: str) -> str:
