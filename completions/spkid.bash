@@ -98,13 +98,13 @@ _spkid_completion() {
                 -g|--gallery) compopt -o dirnames 2>/dev/null; return 0 ;;
                 -m|--model) compopt -o filenames 2>/dev/null; local IFS=$'\n'; COMPREPLY=($(compgen -W $'resemblyzer' -- "$cur"; compgen -f -- "$cur")); return 0 ;;
                 --labels) compopt -o default 2>/dev/null; return 0 ;;
-                -s|--speaker|--label-depth|--remove|--threshold|--min-speech|--window|--hop|--threads|-b|--batch-size|-j|--jobs|--wait) return 0 ;;
+                -s|--speaker|--label-depth|--remove|--threshold|--min-speech|--window|--hop|--threads|-b|--batch-size|-j|--jobs|--wait|--shard) return 0 ;;
                 --aggregation) COMPREPLY=($(compgen -W 'mean all' -- "$cur")); return 0 ;;
                 --device) COMPREPLY=($(compgen -W 'auto cpu cuda' -- "$cur")); return 0 ;;
                 --backend) COMPREPLY=($(compgen -W 'auto torch onnx' -- "$cur")); return 0 ;;
             esac
             case $cur in
-                -*) COMPREPLY=($(compgen -W '-g --gallery -m --model --from-embeddings --labels -s --speaker --label-depth --aggregation --remove --list --threshold --min-speech --window --hop --no-vad --device --backend --threads -b --batch-size -j --jobs --skip-bad --wait -h --help' -- "$cur")) ;;
+                -*) COMPREPLY=($(compgen -W '-g --gallery -m --model --from-embeddings --labels -s --speaker --label-depth --aggregation --remove --list --threshold --min-speech --window --hop --no-vad --device --backend --threads -b --batch-size -j --jobs --skip-bad --wait --index --shard -h --help' -- "$cur")) ;;
                 *) compopt -o default 2>/dev/null ;;
             esac ;;
         verify)
@@ -127,14 +127,14 @@ _spkid_completion() {
                 -g|--gallery) compopt -o dirnames 2>/dev/null; return 0 ;;
                 --in|--cohort) compopt -o default 2>/dev/null; return 0 ;;
                 -m|--model) compopt -o filenames 2>/dev/null; local IFS=$'\n'; COMPREPLY=($(compgen -W $'resemblyzer' -- "$cur"; compgen -f -- "$cur")); return 0 ;;
-                -k|--top-k|-t|--threshold|--label-depth|--min-speech|--window|--hop|--threads|-b|--batch-size|-j|--jobs) return 0 ;;
+                -k|--top-k|-t|--threshold|--label-depth|--min-speech|--window|--hop|--threads|-b|--batch-size|-j|--jobs|--nprobe|--candidates) return 0 ;;
                 --operating-point) COMPREPLY=($(compgen -W 'eer min_dcf bayes far' -- "$cur")); return 0 ;;
                 --score-by) COMPREPLY=($(compgen -W 'best mean' -- "$cur")); return 0 ;;
                 --device) COMPREPLY=($(compgen -W 'auto cpu cuda' -- "$cur")); return 0 ;;
                 --backend) COMPREPLY=($(compgen -W 'auto torch onnx' -- "$cur")); return 0 ;;
             esac
             case $cur in
-                -*) COMPREPLY=($(compgen -W '-g --gallery --in -m --model -k --top-k --json -t --threshold --operating-point --cohort --score-by --from-embeddings --label-depth --min-speech --window --hop --no-vad --device --backend --threads -b --batch-size -j --jobs --skip-bad -h --help' -- "$cur")) ;;
+                -*) COMPREPLY=($(compgen -W '-g --gallery --in -m --model -k --top-k --json -t --threshold --operating-point --cohort --score-by --from-embeddings --label-depth --min-speech --window --hop --no-vad --device --backend --threads -b --batch-size -j --jobs --skip-bad --exact --nprobe --candidates -h --help' -- "$cur")) ;;
                 *) compopt -o default 2>/dev/null ;;
             esac ;;
         score)

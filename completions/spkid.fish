@@ -144,6 +144,8 @@ complete -c spkid -n '__fish_seen_subcommand_from enroll' -s b -l batch-size -x 
 complete -c spkid -n '__fish_seen_subcommand_from enroll' -s j -l jobs -x -d 'Parallel worker processes (joblib)'
 complete -c spkid -n '__fish_seen_subcommand_from enroll' -l skip-bad -d 'Warn about and skip unreadable items instead of failing (exit 1 only if all fail)'
 complete -c spkid -n '__fish_seen_subcommand_from enroll' -l wait -x -d 'How long to wait for another enroll holding the gallery'\''s lock'
+complete -c spkid -n '__fish_seen_subcommand_from enroll' -l index -d 'Build the gallery'\''s search index now, whatever its size (it is built by itself from 200,000 rows, and kept up to date on every change once there)'
+complete -c spkid -n '__fish_seen_subcommand_from enroll' -l shard -x -d 'Enroll only the speakers of shard I of N (split by a hash of the name, so each speaker lands in one shard)'
 complete -c spkid -n '__fish_seen_subcommand_from enroll' -s h -l help -d 'Show this message and exit'
 complete -c spkid -n '__fish_seen_subcommand_from enroll' -F
 
@@ -194,6 +196,9 @@ complete -c spkid -n '__fish_seen_subcommand_from identify' -l threads -x -d 'CP
 complete -c spkid -n '__fish_seen_subcommand_from identify' -s b -l batch-size -x -d 'Windows per forward pass (results do not depend on it)'
 complete -c spkid -n '__fish_seen_subcommand_from identify' -s j -l jobs -x -d 'Parallel worker processes (joblib)'
 complete -c spkid -n '__fish_seen_subcommand_from identify' -l skip-bad -d 'Warn about and skip unreadable items instead of failing (exit 1 only if all fail)'
+complete -c spkid -n '__fish_seen_subcommand_from identify' -l exact -d 'Score every enrolled row, even where the gallery has a search index'
+complete -c spkid -n '__fish_seen_subcommand_from identify' -l nprobe -x -d 'With a search index: index cells to scan per clip (default the index'\''s; more is slower and nearer to exact)'
+complete -c spkid -n '__fish_seen_subcommand_from identify' -l candidates -x -d 'With a search index: rows it proposes per clip, then scored exactly (default 128)'
 complete -c spkid -n '__fish_seen_subcommand_from identify' -s h -l help -d 'Show this message and exit'
 complete -c spkid -n '__fish_seen_subcommand_from identify' -F
 

@@ -211,6 +211,8 @@ _spkid() {
                         '(-j --jobs)--jobs=[Parallel worker processes (joblib)]:N: ' \
                         '(--skip-bad)--skip-bad[Warn about and skip unreadable items instead of failing (exit 1 only if all fail)]' \
                         '(--wait)--wait=[How long to wait for another enroll holding the gallery'\''s lock]:SECONDS: ' \
+                        '(--index)--index[Build the gallery'\''s search index now, whatever its size (it is built by itself from 200,000 rows, and kept up to date on every change once there)]' \
+                        '(--shard)--shard=[Enroll only the speakers of shard I of N (split by a hash of the name, so each speaker lands in one shard)]:I/N: ' \
                         '(-h --help)-h[Show this message and exit]' \
                         '(-h --help)--help[Show this message and exit]' \
                         '*:INPUT:_files' \
@@ -255,8 +257,8 @@ _spkid() {
                         && ret=0 ;;
                 identify)
                     _arguments \
-                        '(-g --gallery)-g+[The gallery folder built by `spkid enroll`]:DIR:_files -/' \
-                        '(-g --gallery)--gallery=[The gallery folder built by `spkid enroll`]:DIR:_files -/' \
+                        '*-g+[The gallery folder built by `spkid enroll`]:DIR:_files -/' \
+                        '*--gallery=[The gallery folder built by `spkid enroll`]:DIR:_files -/' \
                         '(--in)--in=[Find where enrolled speakers talk in this long recording (sliding windows)]:FILE:_files' \
                         '(-m --model)-m+[Model file written by `spkid train`, or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid\[pretrained\]'\''`)]:FILE|resemblyzer:{_files; compadd -- resemblyzer}' \
                         '(-m --model)--model=[Model file written by `spkid train`, or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid\[pretrained\]'\''`)]:FILE|resemblyzer:{_files; compadd -- resemblyzer}' \
@@ -282,6 +284,9 @@ _spkid() {
                         '(-j --jobs)-j+[Parallel worker processes (joblib)]:N: ' \
                         '(-j --jobs)--jobs=[Parallel worker processes (joblib)]:N: ' \
                         '(--skip-bad)--skip-bad[Warn about and skip unreadable items instead of failing (exit 1 only if all fail)]' \
+                        '(--exact)--exact[Score every enrolled row, even where the gallery has a search index]' \
+                        '(--nprobe)--nprobe=[With a search index\: index cells to scan per clip (default the index'\''s; more is slower and nearer to exact)]:N: ' \
+                        '(--candidates)--candidates=[With a search index\: rows it proposes per clip, then scored exactly (default 128)]:N: ' \
                         '(-h --help)-h[Show this message and exit]' \
                         '(-h --help)--help[Show this message and exit]' \
                         '*:INPUT:_files' \

@@ -18,6 +18,7 @@ import numpy as np
 from spkid import gallery, search
 from spkid.calibration import Calibration, finite_number
 from spkid.errors import SpkidError
+from spkid.lists import printable
 from spkid.scoring import AS_NORM_TOP_N, as_norm, as_norm_pair, cohort_stats, unit
 from spkid.trials import UNKNOWN, IdRecord, Trials
 from spkid.utterance import MIN_SPEECH_S, SURE_SHARE, Quality
@@ -135,20 +136,108 @@ def speaker_scores(g: gallery.Gallery, rows: np.ndarray, test: np.ndarray, score
     return out
 
 
-def rank(g: gallery.Gallery, queries: np.ndarray, k: int, score_by: str, norm: search.Norm | None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k speaker rows and scores `(Q, k)` of unit query embeddings against the gallery, best first."""
+def rank(g: gallery.Gallery, queries: np.ndarray, k: int, score_by: str, cohort: np.ndarray | None = None,
+         exact: bool = False, nprobe: int | None = None, candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k speaker rows and scores `(Q, k')` of unit query embeddings against the gallery, best first, k' =
+    min(k, speakers); AS-norm against `cohort` when given.
+
+    With a search index (`g.search_index`, and not `exact`) the index proposes `candidates` rows (default
+    CANDIDATE_ROWS, and at least 32 per speaker asked for) from the `nprobe` cells nearest each query (default the
+    index's), and only their speakers are scored, exactly as the full search scores them (the same scores up to
+    float32 rounding, AS-norm included): the answers are the full search's whenever its best speakers are among the
+    candidates (recall@1 ≥ 0.995 at the defaults in bench/identify.py).
+    """
+    q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    if g.search_index is not None and not exact:
+        return _rank_candidates(g, q, k, score_by, cohort, nprobe, candidates or CANDIDATE_ROWS)
+    norm = None
+    if cohort is not None:
+        rm, rs = search.cohort_stats(g.embeddings, cohort, AS_NORM_TOP_N)
+        norm = search.Norm(rm, rs, *cohort_stats(q, cohort, AS_NORM_TOP_N))
     if g.all_embeddings is None:
-        return search.top_k(queries, g.embeddings, k, norm=norm)
+        return search.top_k(q, g.embeddings, k, norm=norm)
     if score_by == "best":
-        return search.top_k_grouped(queries, g.all_embeddings, g.all_index, len(g.speakers), k, norm=norm)
-    return search.top_k(queries, g.sums, k, row_scale=1.0 / np.maximum(np.asarray(g.counts), 1), norm=norm)
+        return search.top_k_grouped(q, g.all_embeddings, g.all_index, len(g.speakers), k, norm=norm)
+    return search.top_k(q, g.sums, k, row_scale=1.0 / np.maximum(np.asarray(g.counts), 1), norm=norm)
 
 
-def as_norm_stats(g: gallery.Gallery, queries: np.ndarray, cohort: np.ndarray) -> search.Norm:
-    """AS-norm statistics of the gallery's speaker models and of the queries against the cohort, for `rank`."""
-    rm, rs = search.cohort_stats(g.embeddings, cohort, AS_NORM_TOP_N)
-    qm, qs = cohort_stats(queries, cohort, AS_NORM_TOP_N)
-    return search.Norm(rm, rs, qm, qs)
+CANDIDATE_ROWS = 128  # rows the index proposes per query
+
+
+def _rank_candidates(g: gallery.Gallery, q: np.ndarray, k: int, score_by: str, cohort: np.ndarray | None,
+                     nprobe: int | None, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """`rank` through the search index: candidate speakers of each query, scored exactly; a query left with fewer
+    than k' candidate speakers is searched in full."""
+    k = min(k, len(g.speakers))
+    cand = g.row_speakers(g.search_index.candidates(q, max(n_rows, 32 * k), nprobe))
+    every = np.unique(cand[cand >= 0])
+    norm = None
+    if cohort is not None:
+        rm, rs = search.cohort_stats(gallery.check_rows(g, "embeddings.npy", np.asarray(g.embeddings[every])), cohort,
+                                     AS_NORM_TOP_N)
+        qm, qs = cohort_stats(q, cohort, AS_NORM_TOP_N)
+    out_i = np.zeros((len(q), k), np.int64)
+    out_s = np.full((len(q), k), -np.inf, np.float32)
+    for j, row in enumerate(cand):
+        spk = np.unique(row[row >= 0])
+        if len(spk) < k:
+            out_i[j], out_s[j] = (a[0] for a in rank(g, q[j : j + 1], k, score_by, cohort, exact=True))
+            continue
+        s = _scores_of_speakers(g, spk, q[j], score_by)
+        if cohort is not None:
+            at = np.searchsorted(every, spk)
+            norm = search.Norm(rm[at], rs[at], qm[j : j + 1], qs[j : j + 1])
+            s = norm.apply(s[None, :], slice(None), slice(None))[0]
+        best = np.argsort(-s, kind="stable")[:k]
+        out_i[j], out_s[j] = spk[best], s[best]
+    return out_i, out_s
+
+
+def _scores_of_speakers(g: gallery.Gallery, spk: np.ndarray, q: np.ndarray, score_by: str) -> np.ndarray:
+    """float32 scores of one unit query `(D,)` against the speaker rows `spk` (ascending), as `rank` scores them."""
+    if g.all_embeddings is None:
+        return gallery.check_rows(g, "embeddings.npy", np.asarray(g.embeddings[spk]) @ q)
+    if score_by != "best":
+        s = (np.asarray(g.sums[spk]) @ q) * (1.0 / np.maximum(np.asarray(g.counts)[spk], 1)).astype(np.float32)
+        return gallery.check_rows(g, "sums.npy", s)
+    a = np.searchsorted(g.all_index, spk, "left")
+    n = np.searchsorted(g.all_index, spk, "right") - a
+    starts = np.cumsum(n) - n
+    rows = np.arange(n.sum()) - np.repeat(starts - a, n)
+    return np.maximum.reduceat(gallery.check_rows(g, "all_embeddings.npy", np.asarray(g.all_embeddings[rows]) @ q), starts)
+
+
+def rank_shards(shards: Sequence[gallery.Gallery], queries: np.ndarray, k: int, score_by: str,
+                cohort: np.ndarray | None = None, exact: bool = False, nprobe: int | None = None,
+                candidates: int | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """`rank` over several galleries of one model (shards of one gallery, each holding other speakers), the top k
+    of each merged: (the shards' speakers one after the other, their rows `(Q, k')` in that list, scores). A
+    speaker enrolled in two shards is listed once, with its best score (and a warning)."""
+    if len(shards) == 1:
+        idx, sc = rank(shards[0], queries, k, score_by, cohort, exact, nprobe, candidates)
+        return shards[0].speakers, idx, sc
+    speakers: list[str] = []
+    parts_i, parts_s = [], []
+    for g in shards:
+        idx, sc = rank(g, queries, k, score_by, cohort, exact, nprobe, candidates)
+        parts_i.append(idx + len(speakers))
+        parts_s.append(sc)
+        speakers += g.speakers
+    all_i, all_s = np.concatenate(parts_i, axis=1), np.concatenate(parts_s, axis=1)
+    order = np.argsort(-all_s, axis=1, kind="stable")
+    all_i, all_s = np.take_along_axis(all_i, order, 1), np.take_along_axis(all_s, order, 1)
+    keep, twice = [], set()
+    for row in all_i:
+        seen: set[str] = set()
+        keep.append([n for n, i in enumerate(row) if not (speakers[i] in seen or seen.add(speakers[i]))])
+        twice.update(speakers[i] for n, i in enumerate(row) if n not in keep[-1])
+    if twice:
+        log.warning("speaker %s enrolled in more than one shard (listed once, with the best score); shards should "
+                    "hold other speakers (`spkid enroll --shard I/N` splits by speaker)",
+                    ", ".join(repr(printable(n)) for n in sorted(twice)[:3]))
+    k = min([k, *(len(r) for r in keep)])
+    cols = np.array([r[:k] for r in keep], dtype=np.int64).reshape(len(all_i), k)
+    return speakers, np.take_along_axis(all_i, cols, 1), np.take_along_axis(all_s, cols, 1)
 
 
 def identify_records(keys: Sequence[str], labels: Sequence[str | None], speakers: Sequence[str], idx: np.ndarray,

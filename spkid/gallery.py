@@ -11,10 +11,16 @@ sums.npy            float32 (S, D), sum of the unit utterance embeddings (so add
 seconds.npy         float64 (S,), seconds of speech enrolled (NaN where unknown: enrolled from embeddings)
 all_embeddings.npy  float32 (N, D), every enrolment embedding          (aggregation "all" only)
 all_index.npy       int64 (N,), its speaker row, non-decreasing        (aggregation "all" only)
+index.faiss         the search index over embeddings.npy ("mean") or all_embeddings.npy ("all")  (optional)
+index_slots.npy     int64, the matrix row of each index id (-1: removed)                     (with index.faiss)
 gallery.json        {"format": "spkid-gallery/1", "model": {"sha256", "label", "path"}, "features", "embedding",
                      "aggregation", "dim", "n_speakers", "n_utterances", "created", "updated",
-                     "threshold": {"score", "source"} | absent, "calibration": {...} | absent}
+                     "threshold": {"score", "source"} | absent, "calibration": {...} | absent,
+                     "index": {"kind", "matrix", "rows", "dim", "nlist", "nprobe", "trained_rows", "fingerprint"}
+                              | absent}
 ```
+The index (`spkid.index`, faiss) is written with the rest of the folder and kept in step on every update (rows
+remapped, changed rows re-encoded); a reader that finds it missing or not matching the matrix searches exactly.
 Arrays are read with `allow_pickle=False`, the large ones memory-mapped. A gallery is written whole into a new
 folder beside the old one (`.NAME.tmp-PID-XXXX`), which is then swapped into place atomically (Linux
 `renameat2(RENAME_EXCHANGE)`; elsewhere two renames, with `.NAME.old-*` picked up again after a crash between
@@ -38,6 +44,7 @@ from typing import BinaryIO
 import numpy as np
 
 from spkid import fileio, filelock, folders, npyio
+from spkid import ann
 from spkid.calibration import Calibration, finite_number
 from spkid.errors import SpkidError
 from spkid.lists import decode_text, loads_json, name_key, nfc, printable, split_lines
@@ -72,6 +79,23 @@ class Gallery:
     all_embeddings: np.ndarray | None = None
     all_index: np.ndarray | None = None
     path: Path | None = None
+    search_index: ann.Index | None = None
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The rows a search ranks, and the search index covers: every enrolment embedding ("all"), else the
+        speaker models."""
+        return self.embeddings if self.all_embeddings is None else self.all_embeddings
+
+    @property
+    def matrix_file(self) -> str:
+        return "embeddings.npy" if self.all_embeddings is None else "all_embeddings.npy"
+
+    def row_speakers(self, rows: np.ndarray) -> np.ndarray:
+        """The speaker row of each row of `matrix` (-1 stays -1)."""
+        if self.all_index is None:
+            return rows
+        return np.where(rows >= 0, np.asarray(self.all_index)[np.maximum(rows, 0)], -1)
 
     @property
     def aggregation(self) -> str:
@@ -129,14 +153,16 @@ ARRAYS = {  # file: (dtype, shape in terms of S speakers, D dims, N enrolment em
     "all_embeddings.npy": (np.float32, ("N", "D")),
     "all_index.npy": (np.int64, ("N",)),
 }
-FILES = ("gallery.json", "speakers.txt", *ARRAYS)
+FILES = ("gallery.json", "speakers.txt", *ARRAYS, ann.FILE, ann.SLOTS_FILE)
 MAPPED = {"embeddings.npy", "sums.npy", "all_embeddings.npy"}  # the large ones, memory-mapped
 MAX_TEXT_BYTES = 1 << 30  # speakers.txt / gallery.json read whole: a gigabyte is no gallery
 CHECK_ROWS = 1 << 16  # rows per block of the finiteness check of memory-mapped arrays
 
 
-def load(path: str | Path, mmap: bool = True) -> Gallery:
-    """Read a gallery folder; `mmap` maps the large arrays read-only instead of reading them.
+def load(path: str | Path, mmap: bool = True, with_index: bool = False) -> Gallery:
+    """Read a gallery folder; `mmap` maps the large arrays read-only instead of reading them; `with_index` reads
+    the search index too, when gallery.json records one (one that is missing or does not match the matrix is
+    left out with a warning: searches are then exact).
 
     One version, even while `spkid enroll` swaps a new one into place (`folders.read_snapshot`). Every file is
     checked (dtype, shape, finite values, speakers consistent); a damaged gallery is one SpkidError saying what
@@ -153,7 +179,7 @@ def load(path: str | Path, mmap: bool = True) -> Gallery:
             raise SpkidError(f"{path}: not a gallery folder (no gallery.json); build one with `spkid enroll LIST -g {path}`")
         elif not p.exists():
             raise SpkidError(f"{path}: no such gallery folder; build one with `spkid enroll LIST -g {path}`")
-    return folders.read_snapshot(folder, FILES, lambda files, moved: _read(folder, p, files, mmap, moved))
+    return folders.read_snapshot(folder, FILES, lambda files, moved: _read(folder, p, files, mmap, moved, with_index))
 
 
 def _damaged(folder: Path, name: str | None, detail: str) -> SpkidError:
@@ -161,7 +187,7 @@ def _damaged(folder: Path, name: str | None, detail: str) -> SpkidError:
                       "the folder changed by another program, or copied in part? A backup copy restores it)")
 
 
-def _read(folder: Path, path: Path, files: dict[str, BinaryIO], mmap: bool, moved) -> Gallery:
+def _read(folder: Path, path: Path, files: dict[str, BinaryIO], mmap: bool, moved, with_index: bool) -> Gallery:
     def text(name: str) -> str:
         data = files[name].read(MAX_TEXT_BYTES + 1)
         if len(data) > MAX_TEXT_BYTES:
@@ -196,8 +222,42 @@ def _read(folder: Path, path: Path, files: dict[str, BinaryIO], mmap: bool, move
             raise _damaged(folder, n, f"unreadable ({str(e).removeprefix(f'{n}: ')})") from None
     _check_arrays(folder, speakers, arrays)
     _check_speakers(folder, speakers)
-    return Gallery(speakers, arrays["embeddings.npy"], arrays["counts.npy"], arrays["sums.npy"], arrays["seconds.npy"],
-                   meta, arrays.get("all_embeddings.npy"), arrays.get("all_index.npy"), path)
+    g = Gallery(speakers, arrays["embeddings.npy"], arrays["counts.npy"], arrays["sums.npy"], arrays["seconds.npy"],
+                meta, arrays.get("all_embeddings.npy"), arrays.get("all_index.npy"), path)
+    if with_index and "index" in meta:
+        g.search_index = _read_index(folder, files, meta["index"], g.matrix)
+    # the large arrays' values are checked here unless a search index will read a few rows of them (the rows read
+    # are checked then, `check_rows`): a query must not pay for reading a gigabyte it does not search
+    for name in MAPPED if g.search_index is None else ():
+        bad = _first_bad(arrays[name], name) if name in arrays else None
+        if bad is not None:
+            raise _damaged(folder, name, bad)
+    return g
+
+
+def check_rows(g: Gallery, name: str, values: np.ndarray) -> np.ndarray:
+    """`values` read from the rows of the gallery array `name`, if all finite; else the damaged-gallery error."""
+    if not np.isfinite(values).all():
+        raise _damaged(g.path or Path("."), name, "holds a value that is not finite")
+    return values
+
+
+def _read_index(folder: Path, files: dict[str, BinaryIO], record: object, matrix: np.ndarray) -> ann.Index | None:
+    """The stored search index, or None (with a warning saying why) when it cannot serve `matrix`."""
+    try:
+        slots = None
+        if ann.SLOTS_FILE in files:
+            try:
+                slots = npyio.read_npy_file(files[ann.SLOTS_FILE], ann.SLOTS_FILE, False)
+            except SpkidError as e:
+                raise ann.IndexProblem(str(e)) from None
+            if slots.dtype != np.int64 or slots.ndim != 1:
+                raise ann.IndexProblem(f"{ann.SLOTS_FILE} holds {slots.dtype} {slots.shape}, expected int64 (n,)")
+        return ann.load(files.get(ann.FILE), slots, record, matrix)
+    except ann.IndexProblem as e:
+        log.warning("%s: the search index cannot be used (%s): searches are exact until an enroll into the gallery "
+                    "(e.g. `spkid enroll -g %s --index`) rebuilds it", folder, e, folder)
+        return None
 
 
 def _check_arrays(folder: Path, speakers: list[str], arrays: dict[str, np.ndarray]) -> None:
@@ -210,7 +270,7 @@ def _check_arrays(folder: Path, speakers: list[str], arrays: dict[str, np.ndarra
         if a.dtype != dtype or a.shape != want or (name == "embeddings.npy" and a.ndim == 2 and a.shape[1] == 0):
             raise _damaged(folder, name, f"holds {a.dtype} {a.shape}, expected {np.dtype(dtype)} {want} "
                                    f"({len(speakers)} speakers in speakers.txt)")
-        bad = _first_bad(a, name)
+        bad = None if name in MAPPED else _first_bad(a, name)
         if bad is not None:
             raise _damaged(folder, name, bad)
     if "all_index.npy" in arrays:
@@ -297,17 +357,20 @@ def updated(
     if missing:
         raise SpkidError(f"--remove: {', '.join(repr(printable(m)) for m in missing)} not enrolled in {g.path} "
                          "(`spkid enroll -g DIR --list` lists the speakers)")
-    keep = np.array([nfc(s) not in set(remove) for s in g.speakers], dtype=bool)
+    gone = set(remove)
+    keep = np.array([nfc(s) not in gone for s in g.speakers], dtype=bool)
     names = [s for s, k in zip(g.speakers, keep) if k]
     sums = np.asarray(g.sums, dtype=np.float64)[keep]
     counts = np.asarray(g.counts)[keep].copy()
     secs = np.asarray(g.seconds)[keep].copy()
+    remap = np.full(len(g.speakers), -1, np.int64)  # old speaker row -> new
+    remap[keep] = np.arange(int(keep.sum()))
+    moved = remap  # old matrix row -> new (before any sorting), for the search index
+    changed = np.zeros(0, np.int64)  # new matrix rows whose vector is new or changed
     all_emb = all_idx = None
     if g.all_embeddings is not None:
-        old_rows = np.flatnonzero(keep)
-        remap = np.full(len(g.speakers), -1, np.int64)
-        remap[old_rows] = np.arange(len(old_rows))
         sel = keep[g.all_index] if len(g.all_index) else np.zeros(0, bool)
+        moved = np.where(sel, np.cumsum(sel) - 1, -1)
         all_emb = np.asarray(g.all_embeddings)[sel]
         all_idx = remap[np.asarray(g.all_index)[sel]]
     if embeddings is not None and len(labels):
@@ -331,14 +394,39 @@ def updated(
         add_secs = np.full(len(idx), np.nan) if seconds is None else np.asarray(seconds, dtype=np.float64)
         np.add.at(secs, idx, add_secs)
         if all_emb is not None:
+            changed = np.arange(len(all_emb), len(all_emb) + len(e))
             all_emb = np.concatenate([all_emb, e])
             all_idx = np.concatenate([all_idx, idx])
+        else:
+            changed = np.unique(idx)
     if all_idx is not None:
         order = np.argsort(all_idx, kind="stable")
         all_emb, all_idx = all_emb[order], all_idx[order]
+        sorted_pos = np.argsort(order)  # unsorted position -> sorted row
+        moved = np.where(moved >= 0, sorted_pos[np.maximum(moved, 0)], -1) if len(moved) else moved
+        changed = sorted_pos[changed]
     meta = dict(g.meta)
     meta.update(n_speakers=len(names), n_utterances=int(counts.sum()), dim=int(sums.shape[1]))
-    return Gallery(names, unit(sums).astype(np.float32), counts.astype(np.int64), sums.astype(np.float32), secs, meta, all_emb, all_idx, g.path)
+    new = Gallery(names, unit(sums).astype(np.float32), counts.astype(np.int64), sums.astype(np.float32), secs, meta,
+                  all_emb, all_idx, g.path)
+    if g.search_index is not None:
+        new.search_index = g.search_index.updated(new.matrix, moved, changed)
+    return new
+
+
+def with_index(g: Gallery, build: bool = False) -> Gallery:
+    """`g` with its search index brought up to date: (re)built when asked (`build`), when gallery.json records one
+    that could not be used, when the gallery has reached `ann.MIN_ROWS` rows, or when it has outgrown its cells."""
+    rows = len(g.matrix)
+    wanted = g.search_index is not None or "index" in g.meta or rows >= ann.MIN_ROWS
+    if rows and (build or (wanted and (g.search_index is None or g.search_index.stale_cells()))):
+        t = time.perf_counter()
+        g.search_index = ann.build(g.matrix, g.matrix_file)
+        log.info("built the search index of %s: %d rows in %d cells, %.1f s", g.path, rows, g.search_index.nlist,
+                 time.perf_counter() - t)
+    elif not rows:
+        g.search_index = None
+    return g
 
 
 def save(path: str | Path, g: Gallery) -> None:
@@ -349,7 +437,9 @@ def save(path: str | Path, g: Gallery) -> None:
     if dst.is_dir() and any(dst.iterdir()) and not (dst / "gallery.json").is_file():
         raise SpkidError(f"{dst}: a non-empty folder that is not a gallery; refusing to replace it")
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    meta = {"format": FORMAT, **{k: v for k, v in g.meta.items() if k != "format"}}
+    meta = {"format": FORMAT, **{k: v for k, v in g.meta.items() if k not in ("format", "index")}}
+    if g.search_index is not None:
+        meta["index"] = g.search_index.record
     meta.setdefault("created", now)
     meta["updated"] = now
     if isinstance(meta.get("threshold"), dict):
@@ -366,6 +456,9 @@ def save(path: str | Path, g: Gallery) -> None:
         if g.all_embeddings is not None:
             fileio.write_npy(tmp / "all_embeddings.npy", np.ascontiguousarray(g.all_embeddings, dtype=np.float32))
             fileio.write_npy(tmp / "all_index.npy", np.asarray(g.all_index, dtype=np.int64))
+        if g.search_index is not None:
+            fileio.write_bytes(tmp / ann.FILE, g.search_index.to_bytes())
+            fileio.write_npy(tmp / ann.SLOTS_FILE, g.search_index.slots)
         fileio.write_bytes(tmp / "speakers.txt", "".join(f"{s}\n" for s in g.speakers).encode("utf-8"))
         fileio.write_bytes(tmp / "gallery.json", meta_json.encode("utf-8"))
     g.meta, g.path = meta, dst

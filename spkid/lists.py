@@ -7,6 +7,7 @@ The key of an entry is its path as written; without a label the speaker is the p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -170,6 +171,16 @@ def shard(entries: list, spec: str | None) -> list:
     """Every N-th entry starting at I (1-based), so `--shard 1/N` ... `--shard N/N` cover the list once."""
     s = parse_shard(spec)
     return entries if s is None else entries[s[0] :: s[1]]
+
+
+def speaker_shard(names: Sequence[str], spec: str | None) -> list[bool]:
+    """Which `names` fall in shard `I/N` (1-based) when speakers are split by a hash of their stored name (NFC):
+    a speaker's utterances all land in one shard, whatever list or run they come in. All True for None."""
+    s = parse_shard(spec)
+    if s is None:
+        return [True] * len(names)
+    i, n = s
+    return [int.from_bytes(hashlib.blake2b(nfc(x).encode("utf-8"), digest_size=8).digest(), "big") % n == i for x in names]
 
 
 def default_root(paths: Iterable[str]) -> Path:

@@ -24,7 +24,8 @@ lines and lines starting with `#` are ignored; one input holds one format, mixed
        "margin": 0.39}                        optional: best minus second-best score (number or null; not read)
 
   Other keys are allowed and ignored. `IdRecord(...).to_json()` writes exactly this line (`spkid identify --json`
-  writes it so); `parse_identify` reads it.
+  writes it so); `parse_identify` reads it. Several records of one key (one per shard of a gallery, from
+  `identify -g SHARD` runs) are merged into one (`merge_shards`).
 """
 
 from __future__ import annotations
@@ -376,4 +377,38 @@ def _parse_identify(rows: list[tuple[int, str]], source: str) -> list[IdRecord]:
         if thr is not None and (not _is_number(thr) or not math.isfinite(thr)):
             raise SpkidError(f"{where}: \"threshold\" must be a finite number or null")
         out.append(IdRecord(key, label, cands, enrolled, decision, None if thr is None else float(thr)))
+    return merge_shards(out, source)
+
+
+def merge_shards(records: list[IdRecord], source: str = "<stdin>") -> list[IdRecord]:
+    """Records of one key merged into one, in first-seen order: the runs of `spkid identify` over the shards of a
+    gallery (`cat shard*.jsonl`, or `sort -m` of key-sorted outputs) give each clip once per shard. The merged
+    record lists every shard's candidates (a speaker once, at its best score; as many as the longest list had),
+    is enrolled when any shard says so, and decides again on the best score with the shards' common threshold
+    (shards that disagree on it are refused)."""
+    by_key: dict[str, list[IdRecord]] = {}
+    for r in records:
+        by_key.setdefault(r.key, []).append(r)
+    if len(by_key) == len(records):
+        return records
+    out = []
+    for key, rs in by_key.items():
+        if len(rs) == 1:
+            out.append(rs[0])
+            continue
+        if len({r.label for r in rs}) > 1:
+            raise SpkidError(f"{source}: clip {printable(key)!r} has different labels in its records; merging shards' "
+                             "results needs the same clips with the same labels")
+        if len({r.threshold for r in rs}) > 1 or len({r.decision is None for r in rs}) > 1:
+            raise SpkidError(f"{source}: clip {printable(key)!r} was decided with different thresholds "
+                             f"({', '.join(sorted({str(r.threshold) for r in rs}))}); shards of one gallery decide with one")
+        best: dict[str, float] = {}
+        for r in rs:
+            for name, score in r.top:
+                best[name] = max(score, best.get(name, -math.inf))
+        top = sorted(best.items(), key=lambda c: -c[1])[: max(len(r.top) for r in rs)]
+        thr, decided = rs[0].threshold, rs[0].decision is not None
+        decision = (top[0][0] if thr is None or top[0][1] >= thr else UNKNOWN) if decided else None
+        margin = top[0][1] - top[1][1] if len(top) > 1 else None
+        out.append(IdRecord(key, rs[0].label, top, any(r.enrolled for r in rs), decision, thr, margin, rs[0].quality))
     return out

@@ -68,6 +68,8 @@ def enroll(
     jobs: JobsOpt = 1,
     skip_bad: SkipBadOpt = False,
     wait: Annotated[float, typer.Option("--wait", min=0, metavar="SECONDS", help="How long to wait for another enroll holding the gallery's lock.")] = 600.0,
+    index: Annotated[bool, typer.Option("--index", help="Build the gallery's search index now, whatever its size (it is built by itself from 200,000 rows, and kept up to date on every change once there).")] = False,
+    shard: Annotated[str | None, typer.Option("--shard", metavar="I/N", help="Enroll only the speakers of shard I of N (split by a hash of the name, so each speaker lands in one shard); `identify -g` takes every shard.")] = None,
 ) -> None:
     """Add the listed utterances to the gallery DIR (one model per speaker), or remove or list speakers.
 
@@ -78,6 +80,10 @@ def enroll(
     new gallery), and a lock file beside it makes concurrent enrolls queue, so none loses the other's speakers.
     Warnings flag utterances with under 2 s of speech, clipping, near-silence or resampling.
 
+    Large galleries get a search index (faiss: candidates scored exactly by `identify`), built with --index or by
+    itself from 200,000 rows, and updated with the gallery. --shard I/N keeps the speakers of one shard, so a
+    gallery too large for one disk or machine is built and searched in parts (`identify -g s1 -g s2 ...`).
+
     \b
     Examples:
       spkid enroll enroll.txt -g enroll/ --model resemblyzer
@@ -85,6 +91,7 @@ def enroll(
       spkid enroll hans1.wav hans2.wav --speaker hans -g enroll/
       spkid embed -m model.pt enroll.txt | spkid enroll -g enroll/
       spkid enroll -g enroll/ --remove alice --list
+      spkid enroll big.txt -g shard2/ --shard 2/8                # one task of a Slurm array
     """
     from spkid import calibration, gallery
 
@@ -94,9 +101,10 @@ def enroll(
         speaker = gallery.check_name(speaker)
     if threshold is not None:
         calibration.finite_number(threshold, "--threshold", "the threshold")
+    lists.parse_shard(shard)
     g_path = Path(gallery_dir)
     # with --list/--remove/--threshold and no inputs, stdin is read only when something is piped in
-    editing_only = (inputs is None and bool(list_ or remove or threshold is not None) and not from_embeddings
+    editing_only = (inputs is None and bool(list_ or remove or threshold is not None or index) and not from_embeddings
                     and not streams.stdin_is_piped())
     existing = gallery.load(g_path) if gallery.exists(g_path) else None
     if existing is not None and aggregation is not None and aggregation != existing.aggregation:
@@ -106,15 +114,16 @@ def enroll(
     if not editing_only:
         src = embeddings_source(inputs, from_embeddings)
         if src is not None:
-            add = _from_stream(src, existing, model, labels, speaker, label_depth, min_speech, skip_bad)
+            add = _from_stream(src, existing, model, labels, speaker, label_depth, min_speech, skip_bad, shard)
         else:
             opts = EmbedOptions(model, device, threads, window, hop, no_vad, batch_size, backend)
-            add = _from_audio(inputs, existing, opts, labels, speaker, label_depth, min_speech, jobs, skip_bad)
+            add = _from_audio(inputs, existing, opts, labels, speaker, label_depth, min_speech, jobs, skip_bad, shard)
     if existing is None and add is None:
         raise SpkidError(f"{g_path}: no such gallery; build one with `spkid enroll LIST -g {g_path}`")
 
+    changing = add is not None or bool(remove) or threshold is not None or index
     with filelock.locked(g_path, wait):
-        g = gallery.load(g_path, mmap=False) if gallery.exists(g_path) else None
+        g = gallery.load(g_path, mmap=False, with_index=changing) if gallery.exists(g_path) else None
         if g is None:
             if add is None:
                 raise SpkidError(f"{g_path}: no such gallery; build one with `spkid enroll LIST -g {g_path}`")
@@ -130,8 +139,8 @@ def enroll(
             new = gallery.updated(g, add.labels, add.vectors, add.seconds, remove=remove or ())
         if threshold is not None:
             new.meta["threshold"] = {"score": threshold, "source": "spkid enroll --threshold"}
-        changed = add is not None or bool(remove) or threshold is not None
-        if changed:
+        if changing:
+            new = gallery.with_index(new, build=index)
             gallery.save(g_path, new)
     if add is not None:
         added = set(add.labels)
@@ -146,8 +155,16 @@ def enroll(
         streams.write_text(format_table(rows))
 
 
+def _in_shard(names: list[str], shard: str | None) -> list[int]:
+    """The positions of `names` in shard I/N (every one without --shard); none at all is an error."""
+    keep = [i for i, ok in enumerate(lists.speaker_shard(names, shard)) if ok]
+    if not keep:
+        raise SpkidError(f"--shard {shard}: none of the {plural(len(set(names)), 'speaker')} listed falls in this shard")
+    return keep
+
+
 def _from_stream(src: str, existing: Gallery | None, model: str | None, labels: str | None, speaker: str | None,
-                 label_depth: int, min_speech: float, skip_bad: bool) -> Addition:
+                 label_depth: int, min_speech: float, skip_bad: bool, shard: str | None) -> Addition:
     """Embeddings piped from `spkid embed` (or --from-embeddings FILE), used as they are (no network, no torch),
     those without enough speech refused."""
     from spkid import embedding, gallery
@@ -170,6 +187,8 @@ def _from_stream(src: str, existing: Gallery | None, model: str | None, labels: 
     rows = gate_embeddings(emb, min_speech, "enrolment", skip_bad)
     keys = [str(emb.keys[i]) for i in rows]
     names = [speaker] * len(keys) if speaker is not None else _checked_names(_labels_for(keys, labels, label_depth))
+    keep = _in_shard(names, shard)
+    rows, keys, names = [rows[i] for i in keep], [keys[i] for i in keep], [names[i] for i in keep]
     _warn_duplicates(keys)
     label = emb.meta.get("model") or model
     path = Path(label) if label and label != "resemblyzer" and Path(label).is_file() else None
@@ -179,7 +198,8 @@ def _from_stream(src: str, existing: Gallery | None, model: str | None, labels: 
 
 
 def _from_audio(inputs: list[str] | None, existing: Gallery | None, opts: EmbedOptions, labels: str | None,
-                speaker: str | None, label_depth: int, min_speech: float, jobs: int, skip_bad: bool) -> Addition:
+                speaker: str | None, label_depth: int, min_speech: float, jobs: int, skip_bad: bool,
+                shard: str | None) -> Addition:
     """The listed audio, embedded with the gallery's model (or --model): items without enough speech refused,
     other quality problems warned about."""
     from spkid.embedding import model_for_gallery
@@ -199,6 +219,7 @@ def _from_audio(inputs: list[str] | None, existing: Gallery | None, opts: EmbedO
         raise SpkidError(f"{unlabelled[0]}: no speaker label (no LABEL column and no parent folder); "
                          "give PATH<TAB>LABEL lines, --labels FILE or --speaker NAME")
     entries = [lists.Entry(e.path, n) for e, n in zip(entries, _checked_names([e.label for e in entries]))]
+    entries = [entries[i] for i in _in_shard([e.label for e in entries], shard)]
     _warn_duplicates([e.key for e in entries])
     ref = model_for_gallery(opts.model, existing, opts.backend)
     emb = embedder(opts, ref, jobs)
