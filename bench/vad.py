@@ -14,6 +14,12 @@ Protocol (also imported by scripts/train_vad.py, which keeps everything held out
   frames, recall is the share of speech frames detected, false alarm the share of non-speech frames flagged.
 - "Non-speech flagged": the share of frames a detector calls speech in the pure held-out noise, music and effects.
 - Speed: total audio seconds / total compute seconds over every clip, one thread, audio already in memory.
+- Real recordings with human labels (`REAL_LABELLED`; for now the pyannote.audio package's 30 s telephone
+  conversation in tests/data, MIT): speech is the union of the labelled turns, 10 ms frames, a 100 ms collar
+  around every labelled boundary is not scored; agreement, miss (share of speech frames not found) and false
+  alarm (share of non-speech frames flagged), every detector at its default settings.
+- Music never heard: the first 90 s of each hyperrogue-music track (Debian; scripts/train_vad.py's dev music,
+  never trained on), share of frames flagged; skipped when the package is not installed.
 
 Held out (never trained on): speakers at every 5th position of the numerically sorted speaker ids (offset 0),
 the last 40 % of each noise clip, and the music/effect clips in `HELD_OUT_MUSIC` / `HELD_OUT_EFFECTS`.
@@ -202,6 +208,63 @@ def bench_mixtures(n_sessions: int = 44, seed: int = 1234, speakers: list[str] |
     return out
 
 
+REAL_COLLAR_S = 0.1
+REAL_LABELLED = {  # name: audio, RTTM (speech = the union of its turns); real recordings labelled by people
+    "pyannote_sample": (REPO / "tests" / "data" / "pyannote_sample.flac", REPO / "tests" / "data" / "pyannote_sample.rttm"),
+}
+
+
+def rttm_labels(path: Path, n_frames: int) -> np.ndarray:
+    """Bool 10 ms frames inside any turn of an RTTM file (frame i covers [10 i, 10 i + 10) ms)."""
+    mask = np.zeros(n_frames, bool)
+    for line in path.read_text().splitlines():
+        f = line.split()
+        if len(f) > 4 and f[0] == "SPEAKER":
+            start, dur = float(f[3]), float(f[4])
+            mask[int(round(start * 100)) : int(round((start + dur) * 100))] = True
+    return mask
+
+
+def real_labelled() -> list[Mixture]:
+    """The real recordings with human speech labels (`REAL_LABELLED`), as unmixed `Mixture`s (snr 0, kind real)."""
+    out = []
+    for name, (wav, rttm) in REAL_LABELLED.items():
+        x = load(wav)
+        out.append(Mixture(0, "real", name, x, rttm_labels(rttm, len(x) // HOP)))
+    return out
+
+
+def score_real(run, items: list[Mixture]) -> dict:
+    """Agreement, miss (share of speech frames not found) and false alarm (share of non-speech frames flagged) over
+    frames farther than `REAL_COLLAR_S` from any labelled boundary, pooled over `items`."""
+    c = int(round(REAL_COLLAR_S * 100))
+    tot = np.zeros(5)
+    for m in items:
+        keep = np.ones(len(m.ref), bool)
+        for b in np.flatnonzero(np.diff(m.ref.astype(np.int8))) + 1:
+            keep[max(0, b - c) : b + c] = False
+        r, h = m.ref[keep], run(m.signal)[: len(m.ref)][keep]
+        tot += [np.sum(r == h), len(r), np.sum(r & ~h), np.sum(r), np.sum(h & ~r)]
+    return {"agreement": tot[0] / tot[1], "miss": tot[2] / max(tot[3], 1), "false_alarm": tot[4] / max(tot[1] - tot[3], 1)}
+
+
+UNSEEN_MUSIC = Path("/usr/share/hyperrogue/music")  # Debian hyperrogue-music: never trained on (train_vad.py's dev)
+UNSEEN_EXCERPT_S = 90.0
+
+
+def unseen_music() -> list[Clip]:
+    """The first 90 s of each track of a game soundtrack no detector here was trained on (empty when the package
+    is not installed), mono 16 kHz, peak 0.5."""
+    from spkid import audio
+
+    out = []
+    for path in sorted(UNSEEN_MUSIC.glob("*.ogg")) if UNSEEN_MUSIC.is_dir() else []:
+        x, sr = audio.read(path)
+        x = audio.resample(audio.downmix(x)[: int(UNSEEN_EXCERPT_S * sr)], sr, SR)
+        out.append(Clip(path.stem, "unseen", (0.5 * x / (np.abs(x).max() + 1e-9)).astype(np.float32)))
+    return out
+
+
 def frames_from_segments(segs: np.ndarray, n_frames: int) -> np.ndarray:
     """(K, 2) sample segments -> bool 10 ms frames (a frame is speech when its centre lies in a segment)."""
     mask = np.zeros(n_frames, bool)
@@ -333,11 +396,20 @@ def main() -> None:
     n_speech = sum(len(m.signal) for m in mixtures) / SR / len(SNRS)
     print(f"# {len(mixtures) // len(SNRS)} sessions ({n_speech:.0f} s) x SNR {SNRS} dB; "
           f"{len(clips)} held-out non-speech clips ({sum(len(c.signal) for c in clips) / SR:.0f} s)")
+    real = real_labelled()
+    unseen = unseen_music()
     results = {}
     for name, run in ms.items():
         table, tc1, ta1 = score_mixtures(run, mixtures)
         flagged, tc2, ta2 = score_nonspeech(run, clips + vocal)
-        results[name] = {"table": table, "flagged": flagged, "speed": (ta1 + ta2) / max(tc1 + tc2, 1e-9)}
+        results[name] = {"table": table, "flagged": flagged, "speed": (ta1 + ta2) / max(tc1 + tc2, 1e-9),
+                         "real": score_real(run, real), "unseen": score_nonspeech(run, unseen)[0]}
+    print(f"\n## real recordings, human labels ({', '.join(m.source for m in real)}; "
+          f"{sum(len(m.signal) for m in real) / SR:.0f} s; 10 ms frames, collar {REAL_COLLAR_S * 1000:.0f} ms)")
+    print(f"{'method':<12} {'agreement':>10} {'miss':>8} {'false alarm':>12}")
+    for name, r in results.items():
+        q = r["real"]
+        print(f"{name:<12} {q['agreement']:>10.3f} {q['miss'] * 100:>7.1f}% {q['false_alarm'] * 100:>11.1f}%")
     print("\n## agreement / recall / false alarm on speech+noise mixtures (collar 150 ms)")
     print(f"{'method':<12} " + " ".join(f"{f'{s} dB agr/rec/fa':>20}" for s in SNRS) + f" {'x real time':>12}")
     for name, r in results.items():
@@ -361,9 +433,18 @@ def main() -> None:
     for kind in ("noise", "music", "effect"):
         vals = {n: [v for k, v in r["flagged"].values() if k == kind] for n, r in results.items()}
         print(f"{'max ' + kind:<28} " + " ".join(f"{max(v) * 100:>11.1f}%" for v in vals.values()))
+    if unseen:
+        print(f"\n## music never heard ({len(unseen)} tracks of {UNSEEN_MUSIC}, first {UNSEEN_EXCERPT_S:.0f} s each): "
+              f"share of frames flagged, mean / worst / tracks over 5 %")
+        for name, r in results.items():
+            v = np.array([f for _, f in r["unseen"].values()])
+            print(f"{name:<12} {v.mean() * 100:>6.1f}% {v.max() * 100:>6.1f}% {int(np.sum(v > 0.05)):>4}/{len(v)}")
+    else:
+        print(f"\n# music never heard: {UNSEEN_MUSIC} not found (apt-get install hyperrogue-music); skipped")
     if args.json:
         dump = {n: {"agreement": {str(s): r["table"][(s, "all")] for s in SNRS},
-                    "flagged": {k: v[1] for k, v in r["flagged"].items()}, "speed_x_rt": r["speed"]}
+                    "flagged": {k: v[1] for k, v in r["flagged"].items()}, "speed_x_rt": r["speed"], "real": r["real"],
+                    "unseen_music": {k: v[1] for k, v in r["unseen"].items()}}
                 for n, r in results.items()}
         Path(args.json).write_text(json.dumps(dump, indent=1))
 

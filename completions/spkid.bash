@@ -38,16 +38,17 @@ _spkid_completion() {
                 -d|--out-dir|--root) compopt -o dirnames 2>/dev/null; return 0 ;;
                 -f|--format) COMPREPLY=($(compgen -W 'flac wav' -- "$cur")); return 0 ;;
                 -a|--threshold|--neg-threshold|--frame|--hop|--min-speech|--min-silence|--padding|-j|--jobs|--shard|--label-depth) return 0 ;;
+                --engine) COMPREPLY=($(compgen -W 'spkid silero' -- "$cur")); return 0 ;;
                 -o|--output) compopt -o default 2>/dev/null; return 0 ;;
             esac
             case $cur in
-                -*) COMPREPLY=($(compgen -W '--segments --trim -d --out-dir -f --format -a --threshold --neg-threshold --frame --hop --min-speech --min-silence --padding -o --output --root -j --jobs --shard --skip-bad --overwrite --label-depth -h --help' -- "$cur")) ;;
+                -*) COMPREPLY=($(compgen -W '--segments --trim -d --out-dir -f --format -a --threshold --neg-threshold --frame --hop --min-speech --min-silence --padding --engine -o --output --root -j --jobs --shard --skip-bad --overwrite --label-depth -h --help' -- "$cur")) ;;
                 *) compopt -o default 2>/dev/null ;;
             esac ;;
         features)
             case $prev in
                 -d|--out-dir|--root) compopt -o dirnames 2>/dev/null; return 0 ;;
-                -k|--kind) COMPREPLY=($(compgen -W 'fbank mfcc specdb spectrogram' -- "$cur")); return 0 ;;
+                -k|--kind) COMPREPLY=($(compgen -W 'fbank mfcc specdb spectrogram kaldi-fbank' -- "$cur")); return 0 ;;
                 -n|--n-filters|--n-ceps|--lifter|-r|--rate|--win-len|--win-step|--nfft|--preemph|--low-freq|--high-freq|--cmn-window|-j|--jobs|--shard|--label-depth) return 0 ;;
                 -w|--window) COMPREPLY=($(compgen -W 'rectangular hamming hann povey' -- "$cur")); return 0 ;;
                 --log) COMPREPLY=($(compgen -W 'db ln' -- "$cur")); return 0 ;;
@@ -88,9 +89,10 @@ _spkid_completion() {
                 --window|--hop|--threads|-b|--batch-size|-j|--jobs|--shard) return 0 ;;
                 --device) COMPREPLY=($(compgen -W 'auto cpu cuda' -- "$cur")); return 0 ;;
                 --backend) COMPREPLY=($(compgen -W 'auto torch onnx' -- "$cur")); return 0 ;;
+                --format) COMPREPLY=($(compgen -W 'npy kaldi' -- "$cur")); return 0 ;;
             esac
             case $cur in
-                -*) COMPREPLY=($(compgen -W '-m --model -o --output --window --hop --no-vad --device --backend --threads -b --batch-size -j --jobs --shard --skip-bad -h --help' -- "$cur")) ;;
+                -*) COMPREPLY=($(compgen -W '-m --model -o --output --window --hop --no-vad --device --backend --threads -b --batch-size -j --jobs --shard --skip-bad --format -h --help' -- "$cur")) ;;
                 *) compopt -o default 2>/dev/null ;;
             esac ;;
         enroll)

@@ -40,6 +40,7 @@ complete -c spkid -n '__fish_seen_subcommand_from vad' -l hop -x -d 'Seconds bet
 complete -c spkid -n '__fish_seen_subcommand_from vad' -l min-speech -x -d 'Drop speech shorter than this'
 complete -c spkid -n '__fish_seen_subcommand_from vad' -l min-silence -x -d 'Fill pauses shorter than this'
 complete -c spkid -n '__fish_seen_subcommand_from vad' -l padding -x -d 'Seconds added to both ends of each segment'
+complete -c spkid -n '__fish_seen_subcommand_from vad' -l engine -x -a 'spkid silero' -d 'Speech probabilities from spkid'\''s network, or from silero-vad through onnxruntime (needs `pip install silero-vad --no-deps`; no torch)'
 complete -c spkid -n '__fish_seen_subcommand_from vad' -s o -l output -r -F -d 'Write to FILE (atomically) instead of stdout'
 complete -c spkid -n '__fish_seen_subcommand_from vad' -l root -x -a '(__fish_complete_directories)' -d 'Strip this folder from input paths to lay out outputs (default: the inputs'\'' common folder)'
 complete -c spkid -n '__fish_seen_subcommand_from vad' -s j -l jobs -x -d 'Parallel worker processes (joblib)'
@@ -51,7 +52,7 @@ complete -c spkid -n '__fish_seen_subcommand_from vad' -s h -l help -d 'Show thi
 complete -c spkid -n '__fish_seen_subcommand_from vad' -F
 
 complete -c spkid -n '__fish_seen_subcommand_from features' -s d -l out-dir -x -a '(__fish_complete_directories)' -d 'Folder for the written files (created; input layout kept below it)'
-complete -c spkid -n '__fish_seen_subcommand_from features' -s k -l kind -x -a 'fbank mfcc specdb spectrogram' -d 'fbank: log Mel filterbank'
+complete -c spkid -n '__fish_seen_subcommand_from features' -s k -l kind -x -a 'fbank mfcc specdb spectrogram kaldi-fbank' -d 'fbank: log Mel filterbank'
 complete -c spkid -n '__fish_seen_subcommand_from features' -s n -l n-filters -x -d 'Mel filters (fbank, mfcc)'
 complete -c spkid -n '__fish_seen_subcommand_from features' -l n-ceps -x -d 'MFCC coefficients kept'
 complete -c spkid -n '__fish_seen_subcommand_from features' -l lifter -x -d 'MFCC cepstral lifter (psf'\''s ceplifter; 0 = off)'
@@ -120,13 +121,14 @@ complete -c spkid -n '__fish_seen_subcommand_from embed' -s b -l batch-size -x -
 complete -c spkid -n '__fish_seen_subcommand_from embed' -s j -l jobs -x -d 'Parallel worker processes (joblib)'
 complete -c spkid -n '__fish_seen_subcommand_from embed' -l shard -x -d 'Process only every N-th entry starting at the I-th (1-based)'
 complete -c spkid -n '__fish_seen_subcommand_from embed' -l skip-bad -d 'Warn about and skip unreadable items instead of failing (exit 1 only if all fail)'
+complete -c spkid -n '__fish_seen_subcommand_from embed' -l format -x -a 'npy kaldi' -d 'npy: the keyed matrix'
 complete -c spkid -n '__fish_seen_subcommand_from embed' -s h -l help -d 'Show this message and exit'
 complete -c spkid -n '__fish_seen_subcommand_from embed' -F
 
 complete -c spkid -n '__fish_seen_subcommand_from enroll' -s g -l gallery -x -a '(__fish_complete_directories)' -d 'The gallery folder (created when missing)'
 complete -c spkid -n '__fish_seen_subcommand_from enroll' -s m -l model -r -F -a 'resemblyzer' -d 'Model file written by `spkid train`, or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid[pretrained]'\''`)'
 complete -c spkid -n '__fish_seen_subcommand_from enroll' -l from-embeddings -d 'The input is a keyed embedding matrix (`spkid embed` output), not a list'
-complete -c spkid -n '__fish_seen_subcommand_from enroll' -l labels -r -F -d 'Speaker of each key: a list file of PATH<TAB>LABEL lines (default: the list'\''s labels, or the key'\''s folder)'
+complete -c spkid -n '__fish_seen_subcommand_from enroll' -l labels -r -F -d 'Speaker of each key: a list file of PATH<TAB>LABEL lines, Kaldi'\''s utt2spk or a Kaldi data folder (default: the list'\''s labels, or the key'\''s folder)'
 complete -c spkid -n '__fish_seen_subcommand_from enroll' -s s -l speaker -x -d 'Enroll every input (clips, a folder, audio on stdin, embeddings) as this one speaker'
 complete -c spkid -n '__fish_seen_subcommand_from enroll' -l label-depth -x -d 'Without a LABEL column, the speaker is this ancestor folder'\''s name (1 = parent; LibriSpeech/VoxCeleb: 2)'
 complete -c spkid -n '__fish_seen_subcommand_from enroll' -l aggregation -x -a 'mean all' -d 'New gallery: keep one mean embedding per speaker (mean, the default) or every enrolment embedding (all)'

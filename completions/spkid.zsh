@@ -68,6 +68,7 @@ _spkid() {
                         '(--min-speech)--min-speech=[Drop speech shorter than this]:S: ' \
                         '(--min-silence)--min-silence=[Fill pauses shorter than this]:S: ' \
                         '(--padding)--padding=[Seconds added to both ends of each segment]:S: ' \
+                        '(--engine)--engine=[Speech probabilities from spkid'\''s network, or from silero-vad through onnxruntime (needs `pip install silero-vad --no-deps`; no torch)]:ENGINE:(spkid silero)' \
                         '(-o --output)-o+[Write to FILE (atomically) instead of stdout]:FILE:_files' \
                         '(-o --output)--output=[Write to FILE (atomically) instead of stdout]:FILE:_files' \
                         '(--root)--root=[Strip this folder from input paths to lay out outputs (default\: the inputs'\'' common folder)]:DIR:_files -/' \
@@ -85,8 +86,8 @@ _spkid() {
                     _arguments \
                         '(-d --out-dir)-d+[Folder for the written files (created; input layout kept below it)]:DIR:_files -/' \
                         '(-d --out-dir)--out-dir=[Folder for the written files (created; input layout kept below it)]:DIR:_files -/' \
-                        '(-k --kind)-k+[fbank\: log Mel filterbank]:KIND:(fbank mfcc specdb spectrogram)' \
-                        '(-k --kind)--kind=[fbank\: log Mel filterbank]:KIND:(fbank mfcc specdb spectrogram)' \
+                        '(-k --kind)-k+[fbank\: log Mel filterbank]:KIND:(fbank mfcc specdb spectrogram kaldi-fbank)' \
+                        '(-k --kind)--kind=[fbank\: log Mel filterbank]:KIND:(fbank mfcc specdb spectrogram kaldi-fbank)' \
                         '(-n --n-filters)-n+[Mel filters (fbank, mfcc)]:N: ' \
                         '(-n --n-filters)--n-filters=[Mel filters (fbank, mfcc)]:N: ' \
                         '(--n-ceps)--n-ceps=[MFCC coefficients kept]:N: ' \
@@ -179,6 +180,7 @@ _spkid() {
                         '(-j --jobs)--jobs=[Parallel worker processes (joblib)]:N: ' \
                         '(--shard)--shard=[Process only every N-th entry starting at the I-th (1-based)]:I/N: ' \
                         '(--skip-bad)--skip-bad[Warn about and skip unreadable items instead of failing (exit 1 only if all fail)]' \
+                        '(--format)--format=[npy\: the keyed matrix]:FMT:(npy kaldi)' \
                         '(-h --help)-h[Show this message and exit]' \
                         '(-h --help)--help[Show this message and exit]' \
                         '*:INPUT:_files' \
@@ -190,7 +192,7 @@ _spkid() {
                         '(-m --model)-m+[Model file written by `spkid train`, or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid\[pretrained\]'\''`)]:FILE|resemblyzer:{_files; compadd -- resemblyzer}' \
                         '(-m --model)--model=[Model file written by `spkid train`, or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid\[pretrained\]'\''`)]:FILE|resemblyzer:{_files; compadd -- resemblyzer}' \
                         '(--from-embeddings)--from-embeddings[The input is a keyed embedding matrix (`spkid embed` output), not a list]' \
-                        '(--labels)--labels=[Speaker of each key\: a list file of PATH<TAB>LABEL lines (default\: the list'\''s labels, or the key'\''s folder)]:FILE:_files' \
+                        '(--labels)--labels=[Speaker of each key\: a list file of PATH<TAB>LABEL lines, Kaldi'\''s utt2spk or a Kaldi data folder (default\: the list'\''s labels, or the key'\''s folder)]:FILE:_files' \
                         '(-s --speaker)-s+[Enroll every input (clips, a folder, audio on stdin, embeddings) as this one speaker]:NAME: ' \
                         '(-s --speaker)--speaker=[Enroll every input (clips, a folder, audio on stdin, embeddings) as this one speaker]:NAME: ' \
                         '(--label-depth)--label-depth=[Without a LABEL column, the speaker is this ancestor folder'\''s name (1 = parent; LibriSpeech/VoxCeleb\: 2)]:N: ' \

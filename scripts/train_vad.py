@@ -2,8 +2,11 @@
 
     apt-get install wesnoth-1.16-music warzone2100-music singularity-music asc-music planetblupi-music-ogg \
                     hyperrogue-music                       # Debian: 10 h of game music (GPL, no singing)
-    python scripts/train_vad.py                  # seeded; ~12 min on 2 cores (2 data processes, 1 torch thread)
+    pip install silero-vad --no-deps             # the teacher's weights, run through onnxruntime (no torch)
+    python scripts/train_vad.py                  # seeded; ~11 min on 2 cores (2 data processes, 1 torch thread)
     python scripts/train_vad.py --examples 400 --epochs 1 --extra-music --dev-music -o /tmp/vad.npz  # smoke run
+    python scripts/train_vad.py --teacher none --no-extra-speech --no-narrowband --examples 12000 \
+        --nonspeech-weight 1 -o spkid/data/vad_embed.npz   # the previous network, which `embed` keeps using
 
 Data split (see bench/vad.py for the benchmark side; nothing the benchmark scores is trained on):
 - speech: librispeech_tc100 speakers NOT in the benchmark (the benchmark takes every 5th sorted speaker id);
@@ -24,7 +27,13 @@ Data split (see bench/vad.py for the benchmark side; nothing the benchmark score
   music by other composers, never heard, to choose settings by without touching the benchmark.
 - `--unseen-music CLIP ...` keeps whole training-side music clips out of training and scores them in the dev
   report: the check of generalisation to music never heard (the dev ranges of trained clips are too easy).
-Labels come from the dry speech with the benchmark's reference rule (35 dB below loud frames, pauses < 200 ms filled).
+- speech also from ../shared/data/extra_speakers (a quarter of the utterances; other languages, children, command
+  words; none of it is benchmarked), and 15 % of the examples passed through 8 kHz (telephone audio), their
+  features computed as spkid.vad computes them, with the empty band filled.
+Labels come from the dry speech with the benchmark's reference rule (35 dB below loud frames, pauses < 200 ms
+filled), times silero-vad's probability on the same dry speech (`--teacher silero`, the default): silero-vad (MIT)
+is distilled where people and energy differ, pauses between phrases, breaths, the edges of words. Non-speech
+examples keep target 0.
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import fftconvolve, lfilter
+from scipy.signal import fftconvolve, lfilter, resample_poly
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("bench_vad", REPO / "bench" / "vad.py")
@@ -56,6 +65,8 @@ from spkid.vadfront import Frontend  # noqa: E402
 SR = bench.SR
 HOP = bench.HOP
 EXAMPLE_S = 6.0
+NARROWBAND_SHARE = 0.15  # of examples, with --teacher silero: passed through 8 kHz
+EXTRA_SPEECH_SHARE = 0.25  # of utterances, from extra_speakers when --extra-speech
 TRAIN_NOISE = (0.0, 0.5)
 DEV_NOISE = (0.5, 0.6)
 TRAIN_CLIP = (0.0, 0.8)
@@ -361,9 +372,32 @@ def load_music(files: list[Path], seed: int) -> list[np.ndarray]:
     return out
 
 
+EXTRA_SPEECH = bench.DATA / "extra_speakers"  # other languages, children, command words: training only
+TEACHER_SLACK = 2  # 10 ms frames: silero's probability is spread this far each way (its 32 ms frames lag)
+
+
+def extra_speech_files() -> list[Path]:
+    """Every clip of ../shared/data/extra_speakers (none of it is benchmarked)."""
+    return sorted(EXTRA_SPEECH.glob("*/*/*.flac"))
+
+
+def teacher_labels(dry: np.ndarray, lab: np.ndarray) -> np.ndarray:
+    """Soft 10 ms targets for dry speech: the energy labels `lab` (pauses under 200 ms filled) times silero-vad's
+    probability on the dry speech (spread over `TEACHER_SLACK` frames), so pauses that silero hears as pauses,
+    breaths and lip noise are not speech, and nothing quieter than the energy floor is."""
+    from spkid import vadsilero
+
+    p = vadsilero.speech_prob(dry.astype(np.float32))[: len(lab)]
+    pad = np.pad(p, TEACHER_SLACK, mode="edge")
+    spread = np.max(np.stack([pad[k : k + len(p)] for k in range(2 * TEACHER_SLACK + 1)]), axis=0)
+    return lab.astype(np.float32) * spread
+
+
 class Pools:
-    def __init__(self, speakers: list[str], part: str, unseen: tuple[str, ...] = ()) -> None:
+    def __init__(self, speakers: list[str], part: str, unseen: tuple[str, ...] = (),
+                 extra_speech: bool = False) -> None:
         self.speech = [bench.load(f) for s in speakers for f in bench.speaker_files(s)]
+        self.extra = [bench.load(f) for f in extra_speech_files()] if extra_speech and part == "train" else []
         clips = real_nonspeech(part, unseen)
         self.noise = [c.signal for c in clips if c.kind == "noise"]
         self.music = [c.signal for c in clips if c.kind == "music"] + (EXTRA_MUSIC if part == "train" else [])
@@ -416,7 +450,10 @@ def speech_session(rng: np.random.Generator, pools: Pools, n: int) -> tuple[np.n
         first = False
         parts.append(np.zeros(gap))
         labels.append(np.zeros(gap // HOP, bool))
-        x = pools.speech[rng.integers(len(pools.speech))]
+        if pools.extra and rng.random() < EXTRA_SPEECH_SHARE:
+            x = pools.extra[rng.integers(len(pools.extra))]
+        else:
+            x = pools.speech[rng.integers(len(pools.speech))]
         if rng.random() < 0.7:
             x = vary_speed(rng, x, 0.9, 1.1)
         x = x[: len(x) // HOP * HOP] * 10 ** (rng.uniform(-6, 6) / 20)
@@ -428,8 +465,10 @@ def speech_session(rng: np.random.Generator, pools: Pools, n: int) -> tuple[np.n
     return x[off : off + n], lab[off // HOP : (off + n) // HOP]
 
 
-def make_example(rng: np.random.Generator, pools: Pools, n: int, share: float) -> tuple[np.ndarray, np.ndarray]:
-    """(signal float32 (n,), labels bool (n // 160,)); a `share` of the examples hold no speech."""
+def make_example(rng: np.random.Generator, pools: Pools, n: int, share: float,
+                 teacher: bool = False, narrowband: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(signal float32 (n,), labels (n // 160,): bool, or float soft targets with `teacher`); a `share` of the
+    examples hold no speech."""
     r = rng.random()
     if r < share:
         x, lab = nonspeech(rng, pools, n), np.zeros(n // HOP, bool)
@@ -437,6 +476,7 @@ def make_example(rng: np.random.Generator, pools: Pools, n: int, share: float) -
             x = x * 1e-4
     else:
         x, lab = speech_session(rng, pools, n)
+        target = teacher_labels(x, lab) if teacher else lab
         if rng.random() < 0.3:
             x = band_limit(rng, x)
         if rng.random() < 0.25:
@@ -446,21 +486,25 @@ def make_example(rng: np.random.Generator, pools: Pools, n: int, share: float) -
             x = bench.mix(x, ref, nonspeech(rng, pools, n), rng.uniform(-5, 25))
         else:
             x = x + rng.standard_normal(n) * 10 ** (rng.uniform(-90, -50) / 20)
+    if narrowband and rng.random() < NARROWBAND_SHARE:  # 8 kHz audio (telephone) resampled to 16 kHz
+        x = resample_poly(resample_poly(x, 1, 2), 2, 1)[:n]
     x = x * (10 ** (rng.uniform(-45, -12) / 20) / (np.sqrt(np.mean(x**2)) + 1e-12))
-    return np.clip(x, -1, 1).astype(np.float32), lab
+    return np.clip(x, -1, 1).astype(np.float32), lab if r < share else target
 
 
 def make_set(seed: int, count: int, speakers: list[str], part: str, fe: Frontend, share: float,
-             unseen: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+             unseen: tuple[str, ...], teacher: bool = False, extra_speech: bool = False,
+             narrowband: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Features `(count, T, n_mels)` float32 and soft targets `(count, T)` for model frames."""
     rng = np.random.default_rng(seed)
-    pools = Pools(speakers, part, unseen)
+    pools = Pools(speakers, part, unseen, extra_speech)
     n = int(EXAMPLE_S * SR)
     step = fe.hop // HOP
     feats, targets = [], []
     for _ in range(count):
-        x, lab = make_example(rng, pools, n, share)
-        feats.append(fe(x))
+        x, lab = make_example(rng, pools, n, share, teacher, narrowband)
+        # as spkid.vad hears it: band-limited input with its empty band filled (wideband input is left as it is)
+        feats.append(fe(x, fill=narrowband or None))
         targets.append(lab.reshape(-1, step).mean(axis=1))
     return np.stack(feats).astype(np.float32), np.stack(targets).astype(np.float32)
 
@@ -561,7 +605,7 @@ def dev_report(path: Path, dev_speakers: list[str], unseen: tuple[str, ...] = ()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--output", type=Path, default=REPO / "spkid" / "data" / "vad.npz")
-    ap.add_argument("--examples", type=int, default=12000, help="6 s training examples to synthesise")
+    ap.add_argument("--examples", type=int, default=16000, help="6 s training examples to synthesise")
     ap.add_argument("--epochs", type=int, default=16)
     ap.add_argument("--channels", type=int, default=40)
     ap.add_argument("--batch", type=int, default=32)
@@ -570,7 +614,7 @@ def main() -> None:
     # one torch thread: on a shared 2-core machine two OpenMP threads spin-wait and run ~8x slower
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--nonspeech-share", type=float, default=0.4, help="share of examples without speech")
-    ap.add_argument("--nonspeech-weight", type=float, default=1.0, help="loss weight of non-speech frames")
+    ap.add_argument("--nonspeech-weight", type=float, default=1.5, help="loss weight of non-speech frames")
     ap.add_argument("--unseen-music", nargs="*", default=[], metavar="CLIP",
                     help="training music clips (e.g. music_start1-jt.flac) to keep out of training entirely and "
                          "score whole in the dev report: a check of generalisation to music never heard")
@@ -580,6 +624,14 @@ def main() -> None:
     ap.add_argument("--dev-music", nargs="*", type=Path, default=[Path(d) for d in DEBIAN_DEV_MUSIC], metavar="DIR",
                     help="folders of music never trained on, scored in the dev report (one excerpt a file, as "
                          "--extra-music takes them); default: hyperrogue's; none: --dev-music alone")
+    ap.add_argument("--teacher", choices=("silero", "none"), default="silero",
+                    help="soft targets for speech: the energy labels times silero-vad's probability on the dry "
+                         "speech (needs `pip install silero-vad --no-deps` and onnxruntime); none: energy labels")
+    ap.add_argument("--extra-speech", action=argparse.BooleanOptionalAction, default=True,
+                    help=f"take {EXTRA_SPEECH_SHARE:.0%} of the utterances from ../shared/data/extra_speakers")
+    ap.add_argument("--narrowband", action=argparse.BooleanOptionalAction, default=True,
+                    help=f"pass {NARROWBAND_SHARE:.0%} of the examples through 8 kHz (telephone audio) and compute "
+                         "features as spkid.vad does, with the empty band filled")
     ap.add_argument("--cache", type=Path, help="keep the synthesised features in this .npz and reuse them")
     args = ap.parse_args()
     if args.examples < args.batch:
@@ -590,16 +642,26 @@ def main() -> None:
     train_spk, dev_spk = split_speakers()
     unseen = tuple(args.unseen_music)
     unseen_clips(unseen)
+    if args.teacher == "silero":
+        from spkid import vadsilero
+        from spkid.errors import SpkidError
+
+        try:
+            vadsilero.model_path()
+        except SpkidError as e:
+            raise SystemExit(f"train_vad.py: --teacher silero: {e}") from None
     train_music, dev_music = music_files(args.extra_music), music_files(args.dev_music)
     tag = (f"examples={args.examples} seed={args.seed} frontend={fe} share={args.nonspeech_share} unseen={unseen} "
-           f"music={[str(d) for d in args.extra_music]}")
+           f"music={[str(d) for d in args.extra_music]} teacher={args.teacher} extra_speech={args.extra_speech} "
+           f"narrowband={args.narrowband}")
     if args.cache and args.cache.exists() and str(np.load(args.cache)["tag"]) == tag:
         with np.load(args.cache) as z:
             feats, targets = z["feats"], z["targets"]
     else:
         EXTRA_MUSIC[:] = load_music(train_music, args.seed)
         half = args.examples // 2
-        jobs = [(args.seed * 1000 + i, c, train_spk, "train", fe, args.nonspeech_share, unseen)
+        jobs = [(args.seed * 1000 + i, c, train_spk, "train", fe, args.nonspeech_share, unseen,
+                 args.teacher == "silero", args.extra_speech, args.narrowband)
                 for i, c in enumerate((half, args.examples - half))]
         # fork before torch is imported: the workers inherit this module (and bench's) as they are
         with multiprocessing.get_context("fork").Pool(2) as pool:

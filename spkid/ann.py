@@ -4,10 +4,10 @@ an index is built or read, so nothing else pays for it. No torch, no stdio.
 
 Kind "ivf-pq4fsr": the rows are split into `nlist` ≈ 4·√N cells by k-means (trained on at most 64 sampled rows a
 cell) and each row's offset from its cell centre is stored as D/2 four-bit product-quantiser codes in faiss's
-fast-scan layout (D/4 bytes a row plus its 8-byte id: 72 MB for 10⁶ rows of 256 dimensions, beside the 1 GB
-float32 matrix). A query scans the
-`nprobe` cells nearest to it (`nlist // 8`, at least 16, by default: recall@1 ≥ 0.995 in `bench/identify.py`) and returns the
-best `n` rows by approximate score. Scores are inner products, so cosines for the gallery's unit rows.
+fast-scan layout (D/4 bytes a row plus its 8-byte id: 80 MB for 10⁶ rows of 256 dimensions, beside the 1 GB
+float32 matrix). A query scans the `nprobe` cells nearest to it (by default `nlist // 8`, at least 16 and at most
+512: recall@1 ≥ 0.995 in `bench/identify.py`) and returns the best `n` rows by approximate score. Scores are inner
+products, so cosines for the gallery's unit rows.
 
 The index's own ids are slots; `slots` `(n_slots,)` int64 maps each slot to its row of the gallery matrix (-1:
 removed). Rows move when speakers are removed or utterances are inserted (aggregation `all` keeps rows sorted by
@@ -42,6 +42,7 @@ MIN_ROWS = 200_000  # `spkid enroll` builds an index by itself from this many ro
 SAMPLE_PER_CELL = 64  # k-means training rows per cell
 MIN_PER_CELL = 39  # faiss's own floor: fewer training rows than this per cell make poor cells
 MAX_CELLS = 1 << 16
+MAX_PROBES = 512
 GROWTH_REBUILD = 4  # rebuild once rows exceed this many times the rows the cells were trained on
 FINGERPRINT_ROWS = 256
 MIN_TRAIN = 16 * MIN_PER_CELL  # rows the product quantiser trains on, at least (a tiny gallery's are repeated)
@@ -61,8 +62,9 @@ def n_cells(n_rows: int) -> int:
 
 
 def default_nprobe(nlist: int) -> int:
-    """Cells scanned per query by default: an eighth of them, and at least 16 (all of a small index)."""
-    return min(nlist, max(16, nlist // 8))
+    """Cells scanned per query by default: an eighth of them, at least 16 (all of a small index) and at most 512,
+    so the rows scanned grow as √N (N/nlist rows a cell), not as N."""
+    return min(nlist, max(16, min(MAX_PROBES, nlist // 8)))
 
 
 def fingerprint(matrix: np.ndarray) -> str:

@@ -284,6 +284,42 @@ def load(path: str | Path, rate: int | None = None, mono: bool = True) -> tuple[
     return x, sr
 
 
+def load_segment(path: str | Path, start: float, end: float) -> tuple[np.ndarray, int]:
+    """Seconds `[start, end)` of a recording (a Kaldi `segments` line), downmixed: float32 `(samples,)` and the rate.
+
+    Sample bounds are `round(seconds * rate)`; `end` < 0 reads to the end, and an `end` past the end is cut there
+    (Kaldi's `extract-segments` allows such overshoot too). WAV, FLAC and the other seekable formats read only
+    the segment; the rest are decoded whole and sliced."""
+    p = Path(path)
+    info = None
+    if p.is_file() and p.suffix.lower() not in FFMPEG_SUFFIXES:
+        try:
+            info = sf.info(str(p))
+        except (sf.LibsndfileError, RuntimeError, ValueError, TypeError):
+            info = None
+    if info is not None and info.frames > 0 and info.format in ("WAV", "WAVEX", "W64", "RF64", "FLAC", "AIFF", "CAF"):
+        sr, total = int(info.samplerate), int(info.frames)
+        a, b = _segment_bounds(p, start, end, sr, total)
+        try:
+            data, _ = sf.read(str(p), start=a, stop=b, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
+            raise AudioError(f"{path}: cannot decode audio ({_short(e)})") from None
+        check_samples(data, p, a)
+        return downmix(data), sr
+    x, sr = load(path)
+    a, b = _segment_bounds(p, start, end, sr, len(x))
+    return x[a:b], sr
+
+
+def _segment_bounds(path: Path, start: float, end: float, sr: int, total: int) -> tuple[int, int]:
+    a = int(round(start * sr))
+    b = total if end < 0 else min(total, int(round(end * sr)))
+    if a >= b:
+        raise AudioError(f"{path}: the segment {start:g}-{end:g} s lies beyond the recording's "
+                         f"{total / sr:.2f} s")
+    return a, b
+
+
 def load_expected(path: str | Path, rate: int) -> np.ndarray:
     """Read a file that must already be mono at `rate` (what `vad`, `features` and `embed` take).
 

@@ -171,7 +171,6 @@ def _rank_candidates(g: gallery.Gallery, q: np.ndarray, k: int, score_by: str, c
     k = min(k, len(g.speakers))
     cand = g.row_speakers(g.search_index.candidates(q, max(n_rows, 32 * k), nprobe))
     every = np.unique(cand[cand >= 0])
-    norm = None
     if cohort is not None:
         rm, rs = search.cohort_stats(gallery.check_rows(g, "embeddings.npy", np.asarray(g.embeddings[every])), cohort,
                                      AS_NORM_TOP_N)
@@ -181,7 +180,8 @@ def _rank_candidates(g: gallery.Gallery, q: np.ndarray, k: int, score_by: str, c
     for j, row in enumerate(cand):
         spk = np.unique(row[row >= 0])
         if len(spk) < k:
-            out_i[j], out_s[j] = (a[0] for a in rank(g, q[j : j + 1], k, score_by, cohort, exact=True))
+            idx, sc = rank(g, q[j : j + 1], k, score_by, cohort, exact=True)
+            out_i[j], out_s[j] = idx[0], sc[0]
             continue
         s = _scores_of_speakers(g, spk, q[j], score_by)
         if cohort is not None:

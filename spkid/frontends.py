@@ -4,7 +4,8 @@ A front end (`Frontend`) knows its sample rate, its dims and frame step, how man
 signal preparation (`prepare`: e.g. volume normalisation) and its features (`compute`). Two kinds exist:
 - `FeatureFrontend`: `spkid.features` (a `FeatureConfig`: fbank, mfcc, specdb, spectrogram);
 - `MelConfig` (kind "ge2e_mel"): resemblyzer's power Mel spectrogram, reproduced in numpy (`spkid.pretrained`
-  runs the network behind it).
+  runs the network behind it);
+- `spkid.kaldifbank.KaldiFbankConfig` (kind "kaldi-fbank"): Kaldi's log Mel filterbank (WeSpeaker, 3D-Speaker).
 `frontend(raw)` builds the one a JSON config describes (the `FRONTENDS` registry for the kinds `spkid.features`
 does not compute); `read_feature_config` reads a `features.json`; `load_features` reads a `.npy` feature file and
 checks it against the `features.json` beside it. No torch.
@@ -204,8 +205,14 @@ def _feature_frontend(raw: dict[str, Any]) -> Frontend:
     return FeatureFrontend(FeatureConfig.from_dict(raw))
 
 
+def _kaldi_frontend(raw: dict[str, Any]) -> Frontend:
+    from spkid.kaldifbank import KaldiFbankConfig
+
+    return KaldiFbankConfig.from_dict(raw)
+
+
 # Feature kinds that spkid.features does not compute: kind -> factory. Any other kind is a FeatureConfig.
-FRONTENDS: dict[str, Callable[[dict[str, Any]], Frontend]] = {MEL_KIND: MelConfig.from_dict}
+FRONTENDS: dict[str, Callable[[dict[str, Any]], Frontend]] = {MEL_KIND: MelConfig.from_dict, "kaldi-fbank": _kaldi_frontend}
 
 
 def frontend(raw: dict[str, Any], source: str = "model") -> Frontend:

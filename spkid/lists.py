@@ -7,12 +7,14 @@ The key of an entry is its path as written; without a label the speaker is the p
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,122 @@ class Entry:
     @property
     def key(self) -> str:
         return self.path
+
+    @property
+    def shown(self) -> str:
+        """How messages name the entry."""
+        return "<stdin>" if self.path == "-" else self.path
+
+    def with_label(self, label: str | None) -> Entry:
+        """The same entry (its key, its segment) with another speaker label."""
+        return dataclasses.replace(self, label=label)
+
+
+@dataclass(frozen=True)
+class KaldiEntry(Entry):
+    """An entry of a Kaldi data folder: `utt` (the utterance or segment id) is its key; a segment (`start` not None)
+    is `[start, end)` seconds of the recording at `path` (`end` < 0: to its end)."""
+
+    utt: str = ""
+    start: float | None = None
+    end: float | None = None
+
+    @property
+    def key(self) -> str:
+        return self.utt
+
+    @property
+    def shown(self) -> str:
+        if self.start is None:
+            return f"{self.utt} ({self.path})"
+        return f"{self.utt} ({self.path} {self.start:g}-{self.end:g} s)"
+
+
+KALDI_WAV_SCP = "wav.scp"
+
+
+def is_kaldi_input(arg: str) -> bool:
+    """A Kaldi data folder (a folder holding `wav.scp`) or a file named `wav.scp`."""
+    return os.path.basename(os.path.normpath(arg)) == KALDI_WAV_SCP or os.path.isfile(os.path.join(arg, KALDI_WAV_SCP))
+
+
+def kaldi_entries(arg: str, read_text: Callable[[str], str], segments: bool = True,
+                  command: str = "...") -> list[Entry]:
+    """The entries of a Kaldi data folder (or of its `wav.scp` named directly), in `wav.scp` (or `segments`) order.
+
+    `wav.scp`: `UTT PATH` lines (the path is the rest of the line, spaces kept); a piped command (`UTT CMD |`) is
+    refused: spkid runs no commands from data files. `utt2spk` beside it, when present, gives each utterance's
+    speaker (every utterance needs one). `segments` beside it (`SEG UTT START END`, seconds, END -1 = to the end)
+    turns the entries into segments keyed by SEG, labelled by `utt2spk`'s line for SEG. With `segments=False`
+    (commands that write per-file outputs and lists of paths) the entries are plain `Entry(PATH, SPEAKER)`, keyed by
+    their paths, and a folder with segments is refused. `read_text` reads a
+    user's text file (`fileio.read_text`).
+    """
+    folder = os.path.dirname(arg) if os.path.basename(os.path.normpath(arg)) == KALDI_WAV_SCP else arg
+    scp = os.path.join(folder, KALDI_WAV_SCP) if os.path.isdir(arg) else arg
+    recordings: dict[str, str] = {}
+    for n, fields in _kaldi_lines(read_text(scp), scp, 2):
+        utt, path = fields
+        if path.endswith("|"):
+            raise SpkidError(f"{scp}:{n}: {utt} is a piped command; spkid runs no commands from data files (there is "
+                             "no --allow-commands): write the audio to files and list their paths, e.g. with Kaldi's "
+                             "`wav-copy scp:wav.scp ark,scp:wav.ark,plain.scp`, or run the commands yourself")
+        if utt in recordings:
+            raise SpkidError(f"{scp}:{n}: utterance {utt!r} listed twice")
+        recordings[utt] = path
+    spk_path = os.path.join(folder, "utt2spk")
+    speakers = None
+    if os.path.isfile(spk_path):
+        speakers = {}
+        for n, fields in _kaldi_lines(read_text(spk_path), spk_path, 2, exact=True):
+            speakers[fields[0]] = fields[1]
+    seg_path = os.path.join(folder, "segments")
+    if os.path.isfile(seg_path):
+        if not segments:
+            raise SpkidError(f"{seg_path}: `spkid {command}` works on whole recordings, not segments; give "
+                             "wav.scp alone (or a folder without segments), or embed the segments with `spkid embed`")
+        items = []
+        for n, (seg, utt, start, end) in _kaldi_lines(read_text(seg_path), seg_path, 4, exact=True):
+            if utt not in recordings:
+                raise SpkidError(f"{seg_path}:{n}: recording {utt!r} is not in {scp}")
+            try:
+                a, b = float(start), float(end)
+            except ValueError:
+                raise SpkidError(f"{seg_path}:{n}: expected SEG UTT START END (seconds), got {start!r} {end!r}") from None
+            if not (math.isfinite(a) and math.isfinite(b) and a >= 0 and (b > a or b < 0)):
+                raise SpkidError(f"{seg_path}:{n}: segment {seg!r} has start {start} and end {end} (seconds); "
+                                 "need 0 <= START < END (or END -1: to the end)")
+            items.append((seg, recordings[utt], a, b))
+    else:
+        items = [(utt, path, None, None) for utt, path in recordings.items()]
+    if len({k for k, *_ in items}) != len(items):
+        raise SpkidError(f"{seg_path}: a segment id is listed twice")
+    if speakers is not None:
+        missing = [k for k, *_ in items if k not in speakers]
+        if missing:
+            raise SpkidError(f"{spk_path}: no speaker for {plural(len(missing), 'utterance')}, e.g. {missing[0]!r}")
+    labels = [speakers[key] if speakers is not None else None for key, *_ in items]
+    if not segments:  # whole files, for commands that write per-file outputs and lists of paths
+        return [Entry(path, label) for (_, path, _, _), label in zip(items, labels)]
+    return [KaldiEntry(path, label, key, a, b) for (key, path, a, b), label in zip(items, labels)]
+
+
+def parse_utt2spk(text: str, source: str) -> list[Entry]:
+    """A Kaldi `utt2spk` table (`UTT SPEAKER` lines) as labelled entries keyed by the utterance ids."""
+    return [KaldiEntry("", spk, utt) for _, (utt, spk) in _kaldi_lines(text, source, 2, exact=True)]
+
+
+def _kaldi_lines(text: str, source: str, n_fields: int, exact: bool = False) -> Iterable[tuple[int, list[str]]]:
+    """(line number, fields) of a Kaldi table: whitespace-separated, the last field taking the rest of the line
+    unless `exact`; blank lines skipped."""
+    for n, line in enumerate(split_lines(text), 1):
+        if not line.strip():
+            continue
+        fields = line.strip().split(None, n_fields - 1)
+        if len(fields) < n_fields or (exact and len(fields[-1].split()) > 1):
+            raise SpkidError(f"{source}:{n}: expected {n_fields} whitespace-separated fields, found "
+                             f"{len(line.split())}")
+        yield n, fields
 
 
 def is_list_file(arg: str) -> bool:

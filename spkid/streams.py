@@ -21,10 +21,12 @@ if TYPE_CHECKING:
     from spkid import audio
 
 
-def read_list(args: Iterable[str] | str | None = None, label_depth: int = 1, command: str = "...") -> list[Entry]:
-    """Entries from positional arguments: list files (`*.txt|*.lst|*.list|*.scp`), folders (the audio files below
-    them, labelled by their parent folders: `lists.folder_entries`; `command` completes its hint), other files as
-    themselves, and `-` (or no argument at all) for a list on stdin."""
+def read_list(args: Iterable[str] | str | None = None, label_depth: int = 1, command: str = "...",
+              segments: bool = False) -> list[Entry]:
+    """Entries from positional arguments: list files (`*.txt|*.lst|*.list|*.scp`), Kaldi data folders and
+    `wav.scp` files (`lists.kaldi_entries`; their `segments` only where the command cuts audio by time:
+    `segments`), folders (the audio files below them, labelled by their parent folders: `lists.folder_entries`;
+    `command` completes its hint), other files as themselves, and `-` (or no argument at all) for a list on stdin."""
     if args is None or isinstance(args, str):
         args = [args] if args else []
     args = list(args) or ["-"]
@@ -37,6 +39,8 @@ def read_list(args: Iterable[str] | str | None = None, label_depth: int = 1, com
             _refuse_audio(data[:12])
             text = lists.decode_text(data, "<stdin>")
             entries += lists.parse_list(lists.split_lines(text), label_depth, "<stdin>")
+        elif lists.is_kaldi_input(arg):
+            entries += lists.kaldi_entries(arg, fileio.read_text, segments, command)
         elif lists.is_list_file(arg):
             entries += lists.parse_list(lists.split_lines(fileio.read_text(arg)), label_depth, arg)
         elif os.path.isdir(arg):
@@ -44,6 +48,16 @@ def read_list(args: Iterable[str] | str | None = None, label_depth: int = 1, com
         else:
             entries.append(Entry(arg, lists.label_from_path(arg, label_depth)))
     return entries
+
+
+def read_labels(path: str, label_depth: int = 1) -> list[Entry]:
+    """The labelled entries of a `--labels` file: a list (`PATH<TAB>LABEL`), or Kaldi's `utt2spk` or a Kaldi data
+    folder (keyed by the Kaldi ids, as `spkid embed` of that folder keys its embeddings)."""
+    if os.path.basename(os.path.normpath(path)) == "utt2spk":
+        return lists.parse_utt2spk(fileio.read_text(path), path)
+    if lists.is_kaldi_input(path):
+        return lists.kaldi_entries(path, fileio.read_text, True)
+    return read_list([path], label_depth)
 
 
 def write_text(text: str, output: str | None = None) -> None:
@@ -127,6 +141,27 @@ def write_embeddings(keys: Iterable[str], values: np.ndarray, meta: dict | None,
             dump(f)
 
 
+def write_kaldi(keys: Sequence[str], values: np.ndarray, output: str) -> tuple[str, str]:
+    """Embeddings as Kaldi tables: `OUTPUT.ark` (binary float32 vectors, one per key) and `OUTPUT.scp`
+    (`KEY OUTPUT.ark:OFFSET` lines), what Kaldi's PLDA tools (`ivector-plda-scoring scp:...`) and kaldiio read.
+    Each file is written atomically (the ark first); keys must be Kaldi tokens (no whitespace). Returns the paths."""
+    import kaldiio
+
+    bad = next((k for k in keys if not k or k != k.strip() or any(c.isspace() for c in k)), None)
+    if bad is not None:
+        raise SpkidError(f"key {bad!r} cannot be a Kaldi table key (no spaces allowed); give a Kaldi data folder, "
+                         "whose ids are the keys, or write .npy")
+    ark, scp = f"{output}.ark", f"{output}.scp"
+    lines = []
+    with fileio.atomic_write(ark, "wb") as f:
+        for key, vec in zip(keys, values):
+            lines.append(f"{key} {ark}:{f.tell() + len(key.encode('utf-8')) + 1}\n")
+            kaldiio.save_ark(f, {key: np.ascontiguousarray(vec, dtype=np.float32)})
+    with fileio.atomic_write(scp, "w") as f:
+        f.write("".join(lines))
+    return ark, scp
+
+
 def read_embeddings(src: str | BinaryIO = "-") -> npyio.Embeddings:
     """A keyed matrix with its optional model record, from a path, `-` (a real pipe works) or a binary stream.
 
@@ -178,7 +213,7 @@ def stdin_is_piped() -> bool:
 
 def read_inputs(args: Iterable[str] | str | None = None, label_depth: int = 1,
                 command: str = "...") -> tuple[list[Entry], audio.Clip | None]:
-    """`read_list`, except that `-` (or no argument at all) whose stdin holds audio (`stdin_audio`) is one clip:
+    """`read_list` (Kaldi segments included: these commands embed them), except that `-` (or no argument at all) whose stdin holds audio (`stdin_audio`) is one clip:
     the entry `Entry("-")` (no label), with the clip returned beside the entries, to decode in its place
     (`audio.load(clip)`, `Preparer.prepare_file(clip)`). Otherwise (None) every `-` reads a list, as before."""
     if args is None or isinstance(args, str):
@@ -186,12 +221,12 @@ def read_inputs(args: Iterable[str] | str | None = None, label_depth: int = 1,
     args = list(args) or ["-"]
     clip = stdin_audio() if "-" in args else None
     if clip is None:
-        return read_list(args, label_depth, command), None
+        return read_list(args, label_depth, command, segments=True), None
     if args.count("-") > 1:
         raise SpkidError("`-` names stdin's one audio clip; give it once")
     entries: list[Entry] = []
     for arg in args:
-        entries += [Entry("-")] if arg == "-" else read_list([arg], label_depth, command)
+        entries += [Entry("-")] if arg == "-" else read_list([arg], label_depth, command, segments=True)
     return entries, clip
 
 

@@ -59,8 +59,8 @@ class Track:
             x = audio.resample(x, sr, rate)
         x = prep.front.prepare(x)
         n = len(x)
-        segs = (vad.segments(x, rate, vad.VadConfig(**EMBED_VAD)) if use_vad and rate == vad.SAMPLE_RATE
-                else np.array([[0, n]], np.int64))
+        segs = (vad.segments(x, rate, vad.VadConfig(**EMBED_VAD), vad.load_model(vad.EMBED_MODEL_PATH))
+                if use_vad and rate == vad.SAMPLE_RATE else np.array([[0, n]], np.int64))
         win, step = int(round(window_s * rate)), max(1, int(round(hop_s * rate)))
         starts = sliding_starts(n, win, step)
         kept = [i for i, a in enumerate(starts) if _voiced_enough(segs, int(a), min(n, int(a) + win), rate)]

@@ -45,7 +45,10 @@ CLIP_LEVEL = 0.999
 CLIPPED_FRACTION = 0.001  # over this fraction of samples at CLIP_LEVEL: flagged as clipped
 # VAD for embedding keeps short pauses and segment edges: splicing words together cost EER on librispeech_tc100
 # with resemblyzer (default VadConfig 0.86 %, these settings 0.71 %, no VAD 1.19 %, with one version of the VAD model)
-EMBED_VAD = {"padding": 0.1, "min_silence": 0.3}
+# Every setting is given (not left to VadConfig's defaults, which suit `spkid vad`'s tighter segments), so the voice
+# embed keeps, and so the bundled model's calibration, does not move when `spkid vad`'s defaults do.
+EMBED_VAD = {"frame": 0.03, "hop": 0.01, "threshold": 0.7, "neg_threshold": None, "min_speech": 0.25,
+             "min_silence": 0.3, "padding": 0.1}
 SILENCE_DBFS = -50.0
 STATS_BLOCK = 1 << 20  # samples per block of the level and clipping statistics
 
@@ -321,7 +324,7 @@ def _voiced(x: np.ndarray, rate: int) -> tuple[np.ndarray, bool, float]:
     frames where the VAD is sure (probability >= SURE_PROB)."""
     from spkid import vad
 
-    prob = vad.speech_prob(x, rate)
+    prob = vad.speech_prob(x, rate, vad.load_model(vad.EMBED_MODEL_PATH))
     segs = vad.segments_from_prob(prob, len(x), vad.VadConfig(**EMBED_VAD))
     sure = float(np.count_nonzero(prob >= SURE_PROB)) * vad.FRAME_SHIFT / rate
     if len(segs) == 0:

@@ -6,7 +6,10 @@ speech from music and sound effects (syllable-rate modulation, formant motion, p
 holding and jumping). Front end: 32 ms Hann windows every 20 ms, 512-point FFT, 32 log-Mel bands plus the log
 power of the 40 FFT bins from 62 to 1280 Hz (resolved voice harmonics). The network gives one probability per
 20 ms, repeated to the 10 ms grid that `speech_prob` returns; `segments` smooths, applies hysteresis and
-minimum durations, and pads.
+minimum durations, and pads. It is trained on energy labels of clean speech times silero-vad's probabilities on
+it, so pauses between phrases, breaths and lip noise are not speech, as people label them; the defaults keep
+segment edges where people put them (little padding, pauses from 0.1 s kept). `embed` trims with its own,
+more generous settings and its own network (`EMBED_MODEL_PATH`).
 
 The front end, and the noise fill that lets the network hear band-limited (8 kHz) speech, are `spkid.vadfront`'s.
 
@@ -36,12 +39,18 @@ log = logging.getLogger(__name__)
 
 FRAME_SHIFT = SAMPLE_RATE // 100  # samples per 10 ms output frame
 MODEL_PATH = Path(__file__).resolve().parent / "data" / "vad.npz"
+# The network `embed` (and verify, enroll, identify) trims with: the previous model, trained on energy labels with
+# short pauses filled, kept with embed's own generous settings (`utterance.EMBED_VAD`), because the bundled speaker
+# model's calibration was measured on what it keeps. `scripts/train_vad.py --teacher none --no-extra-speech
+# --no-narrowband --examples 12000 --nonspeech-weight 1 -o spkid/data/vad_embed.npz` reproduces it.
+EMBED_MODEL_PATH = MODEL_PATH.with_name("vad_embed.npz")
 BLOCK_FRAMES = 8192  # model frames (164 s) per block of `VadModel.prob`: a 2-hour file needs ~60 MB, not GBs
 
 
 @dataclass
 class VadConfig:
-    """How frame probabilities become segments (defaults chosen on scripts/train_vad.py's development set).
+    """How frame probabilities become segments (defaults chosen on scripts/train_vad.py's development set and
+    real labelled speech: segment edges where people put them, as silero-vad's defaults do).
 
     frame:         s, window over which the 10 ms probabilities are averaged before each decision
     hop:           s, step between decisions (a multiple of 10 ms)
@@ -54,11 +63,11 @@ class VadConfig:
 
     frame: float = 0.03
     hop: float = 0.01
-    threshold: float = 0.7
+    threshold: float = 0.5
     neg_threshold: float | None = None
     min_speech: float = 0.25
-    min_silence: float = 0.2
-    padding: float = 0.1
+    min_silence: float = 0.1
+    padding: float = 0.05
 
     def __post_init__(self) -> None:
         steps = self.hop * 100

@@ -67,6 +67,14 @@ def test_indexed_rank_equals_exact_at_recall_one_settings(aggregation: str, scor
     assert np.array_equal(decisions.rank(g, q, 1, score_by, cohort)[0], exact[0][:, :1])
 
 
+def test_a_query_with_too_few_candidates_is_searched_in_full():
+    names, vecs, centers = clustered(300, 1)
+    g = gallery.with_index(built(names, vecs, "mean"), build=True)
+    q = probes(centers, 5)
+    assert g.search_index.nlist > 1  # one cell scanned holds fewer than the 200 speakers asked for
+    assert_same(decisions.rank(g, q, 200, "best", nprobe=1), decisions.rank(g, q, 200, "best", exact=True))
+
+
 def test_default_setting_recall_on_a_clustered_gallery():
     names, vecs, centers = clustered(4000, 5, dim=64, seed=3)
     g = gallery.with_index(built(names, vecs, "all"), build=True)

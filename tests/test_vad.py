@@ -1,8 +1,11 @@
 """spkid.vad: windows and spans (against brute force), post-processing known answers, input checks, the shipped
-model on real speech with noise and on held-out music, no torch on the path, and the training script."""
+model on real speech with noise and on held-out music, on a real recording with human labels (tests/data), the
+silero engine, no torch on the path, and the training script."""
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
 import subprocess
 import sys
@@ -183,8 +186,9 @@ def test_training_script_smoke(shared_data, tmp_path):
     sf.write(music / "a.ogg", np.stack([tune, tune], axis=1), 44100)
     sf.write(music / "b.wav", tune[:30000], 44100)
     out = tmp_path / "vad.npz"
+    teacher = "silero" if importlib.util.find_spec("silero_vad") else "none"  # silero-vad: the [bench] extra
     proc = subprocess.run([*script, "--examples", "40", "--epochs", "1", "--extra-music", music, "--dev-music", music,
-                           "-o", out], capture_output=True, text=True)
+                           "--teacher", teacher, "-o", out], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stderr.strip().splitlines()[-1])["dev"]
     assert report["dev_music_over_5%"].endswith("/2") and 0 <= report["agreement@10dB"] <= 1
@@ -198,3 +202,37 @@ def test_training_script_smoke(shared_data, tmp_path):
     assert empty.returncode == 1 and empty.stderr == f"train_vad.py: no audio files under {tmp_path / 'empty'}\n"
     few = subprocess.run([*script, "--examples", "8", "--extra-music", music], capture_output=True, text=True)
     assert few.returncode == 2 and "--examples (8) must be at least --batch (32)" in few.stderr
+
+
+def test_real_labelled_recording_agrees_with_its_labels():
+    """The pyannote sample (tests/data, MIT): a real two-speaker recording with human turns. At the default
+    settings `spkid vad --segments` must match the labels outside a 100 ms collar (bench/vad.py's real section)."""
+    bench = _bench()
+    (rec,) = bench.real_labelled()
+    score = bench.score_real(lambda x: bench.frames_from_segments(vad.segments(x, SR), len(x) // 160), [rec])
+    assert score["agreement"] >= 0.975 and score["false_alarm"] <= 0.08 and score["miss"] <= 0.01, score
+
+
+def test_silero_engine_without_torch():
+    """`--engine silero` (silero-vad's weights through onnxruntime) on the real sample: no torch imported, 10 ms
+    probabilities in [0, 1], and segments that match the human labels."""
+    pytest.importorskip("onnxruntime")
+    if importlib.util.find_spec("silero_vad") is None:
+        pytest.skip("silero-vad not installed (pip install silero-vad --no-deps)")
+    code = ("import sys, numpy as np, soundfile as sf; from spkid import vadsilero; "
+            "x, _ = sf.read(sys.argv[1], dtype='float32'); p = vadsilero.speech_prob(x); "
+            "assert p.shape == (len(x) // 160,) and 0 <= p.min() and p.max() <= 1; "
+            "assert 'torch' not in sys.modules, 'torch imported'; print(vadsilero.segments(x).tolist())")
+    out = subprocess.run([sys.executable, "-c", code, REPO / "tests" / "data" / "pyannote_sample.flac"],
+                         check=True, capture_output=True, text=True).stdout
+    bench = _bench()
+    (rec,) = bench.real_labelled()
+    segs = np.array(json.loads(out), np.int64).reshape(-1, 2)
+    score = bench.score_real(lambda x: bench.frames_from_segments(segs, len(x) // 160), [rec])
+    assert score["agreement"] >= 0.99, score
+    cli = subprocess.run([sys.executable, "-m", "spkid", "vad", "--engine", "silero", "--segments",
+                          REPO / "tests" / "data" / "pyannote_sample.flac"], check=True, capture_output=True).stdout
+    rows = np.load(io.BytesIO(cli), allow_pickle=False)
+    assert rows.dtype == np.int64 and rows.shape[1] == 3 and set(rows[:, 0].tolist()) == {0}
+    score = bench.score_real(lambda x: bench.frames_from_segments(rows[:, 1:], len(x) // 160), [rec])
+    assert score["agreement"] >= 0.99, score

@@ -106,7 +106,11 @@ def test_fill_leaves_the_signal_alone_and_is_the_same_in_blocks(clips):
     whole = m.forward(m.frontend(x8, fill=m.fill(x8)))
     np.testing.assert_allclose(m.prob(x8), whole, atol=1e-5)  # detected on the block's own spectra: the same
     np.testing.assert_allclose(m.prob(x8, block=300), whole, atol=1e-5)  # noise follows absolute frames
-    assert whole.mean() > m.prob(x8, fill=False).mean() + 0.3  # without the fill the voice is lost
+    # embed's network, trained on wideband speech only, loses the voice without the fill; the shipped one, trained
+    # on 8 kHz examples heard through the fill too, hears it either way
+    old = vad.load_model(vad.EMBED_MODEL_PATH)
+    assert old.prob(x8).mean() > old.prob(x8, fill=False).mean() + 0.3
+    assert whole.mean() > 0.6 and m.prob(x8, fill=False).mean() > 0.6
 
 
 def test_cli_finds_voice_in_upsampled_8khz_float_wavs(clips, tmp_path):

@@ -218,8 +218,8 @@ def check_unique_outputs(entries: Sequence[Entry], planned: Sequence[Path]) -> N
 
 @dataclass
 class Outputs(Generic[T]):
-    """What `write_outputs` did: `fn`'s results of the items it ran (by path), the paths `--skip-bad` skipped, and
-    how many files this run wrote and how many it kept."""
+    """What `write_outputs` did: `fn`'s results of the items it ran (by key: the path, or a Kaldi id), the keys
+    `--skip-bad` skipped, and how many files this run wrote and how many it kept."""
 
     results: dict[str, T]
     failed: set[str]
@@ -248,9 +248,9 @@ def write_outputs(fn: Callable[[E], T], items: Sequence[E], planned: Sequence[Pa
     todo = [(e, p) for e, p in zip(items, planned) if overwrite or not p.exists()]
     with all_or_nothing([p for _, p in todo]):
         good = map_entries(fn, [e for e, _ in todo], jobs=jobs, skip_bad=skip_bad, desc=desc, summary=False)
-    results = {e.path: r for e, r in good}
-    return Outputs(results=results, failed={e.path for e, _ in todo} - results.keys(),
-                   written=sum(e.path in results and p.exists() for e, p in todo), kept=len(items) - len(todo))
+    results = {e.key: r for e, r in good}
+    return Outputs(results=results, failed={e.key for e, _ in todo} - results.keys(),
+                   written=sum(e.key in results and p.exists() for e, p in todo), kept=len(items) - len(todo))
 
 
 def embedder(opts: EmbedOptions, ref: ModelRef | None = None, jobs: int = 1) -> Embedder:
@@ -284,11 +284,17 @@ def embed_entries(emb: Embedder, entries: Sequence[Entry], *, jobs: int = 1, ski
 
 
 def _shown(entry: Entry) -> str:
-    return "<stdin>" if entry.path == "-" else entry.path
+    return entry.shown
 
 
 def _prepare(prep: Preparer, min_speech: float | None, purpose: str, clip: Clip | None, entry: Entry) -> Prepared:
-    prepared = prep.prepare_file(clip if entry.path == "-" and clip is not None else entry.path)
+    if getattr(entry, "start", None) is not None:  # a Kaldi segment: its seconds of the recording
+        from spkid import audio
+
+        x, sr = audio.load_segment(entry.path, entry.start, entry.end)
+        prepared = prep.prepare_signal(x, sr, entry.shown)
+    else:
+        prepared = prep.prepare_file(clip if entry.path == "-" and clip is not None else entry.path)
     if min_speech is not None:
         from spkid.decisions import require_speech
 

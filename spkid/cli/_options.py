@@ -15,7 +15,8 @@ InputsArg = Annotated[
     list[str] | None,
     typer.Argument(
         help="Audio/feature files, folders (the audio files below them, labelled by their folders), list files "
-             "(*.txt *.lst *.list *.scp: PATH[<TAB>LABEL] a line), or - for a list on stdin (the default); "
+             "(*.txt *.lst *.list *.scp: PATH[<TAB>LABEL] a line), Kaldi data folders (wav.scp, utt2spk, segments; "
+             "keys are the Kaldi ids) or wav.scp files, or - for a list on stdin (the default); "
              "embed, enroll, verify and identify also take one audio clip piped on stdin.",
         show_default=False,
         metavar="INPUT",

@@ -50,7 +50,7 @@ def enroll(
     gallery_dir: GalleryOpt = ...,
     model: ModelOpt = None,
     from_embeddings: FromEmbeddingsOpt = False,
-    labels: Annotated[str | None, typer.Option("--labels", metavar="FILE", help="Speaker of each key: a list file of PATH<TAB>LABEL lines (default: the list's labels, or the key's folder).")] = None,
+    labels: Annotated[str | None, typer.Option("--labels", metavar="FILE", help="Speaker of each key: a list file of PATH<TAB>LABEL lines, Kaldi's utt2spk or a Kaldi data folder (default: the list's labels, or the key's folder).")] = None,
     speaker: Annotated[str | None, typer.Option("--speaker", "-s", metavar="NAME", help="Enroll every input (clips, a folder, audio on stdin, embeddings) as this one speaker.")] = None,
     label_depth: LabelDepthOpt = 1,
     aggregation: Annotated[Literal["mean", "all"] | None, typer.Option("--aggregation", help="New gallery: keep one mean embedding per speaker (mean, the default) or every enrolment embedding (all).")] = None,
@@ -208,17 +208,17 @@ def _from_audio(inputs: list[str] | None, existing: Gallery | None, opts: EmbedO
     if not entries:
         raise SpkidError("the input list is empty")
     if speaker is not None:
-        entries = [lists.Entry(e.path, speaker) for e in entries]
+        entries = [e.with_label(speaker) for e in entries]
     elif labels:
         names = _labels_for([e.key for e in entries], labels, label_depth)
-        entries = [lists.Entry(e.path, n) for e, n in zip(entries, names)]
+        entries = [e.with_label(n) for e, n in zip(entries, names)]
     unlabelled = [e.path for e in entries if e.label is None]
     if unlabelled:
         if unlabelled[0] == "-":
             raise UsageError("<stdin>: audio on stdin has no speaker label; name it with --speaker NAME")
         raise SpkidError(f"{unlabelled[0]}: no speaker label (no LABEL column and no parent folder); "
                          "give PATH<TAB>LABEL lines, --labels FILE or --speaker NAME")
-    entries = [lists.Entry(e.path, n) for e, n in zip(entries, _checked_names([e.label for e in entries]))]
+    entries = [e.with_label(n) for e, n in zip(entries, _checked_names([e.label for e in entries]))]
     entries = [entries[i] for i in _in_shard([e.label for e in entries], shard)]
     _warn_duplicates([e.key for e in entries])
     ref = model_for_gallery(opts.model, existing, opts.backend)
@@ -235,7 +235,7 @@ def _from_audio(inputs: list[str] | None, existing: Gallery | None, opts: EmbedO
 
 def _labels_for(keys: list[str], labels_file: str | None, label_depth: int) -> list[str]:
     """Speaker labels of `keys`: from the list file `--labels` (`PATH<TAB>LABEL`), or the list format's folder rule."""
-    listed = streams.read_list([labels_file], label_depth) if labels_file else None
+    listed = streams.read_labels(labels_file, label_depth) if labels_file else None
     return lists.labels_for(keys, listed, label_depth, f"--labels {labels_file}")
 
 

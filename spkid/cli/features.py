@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import typer
@@ -16,28 +16,51 @@ from spkid.cli._common import write_outputs
 from spkid.cli._options import (InputsArg, JobsOpt, LabelDepthOpt, OutDirOpt, OverwriteOpt, RootOpt, ShardOpt,
                                 SkipBadOpt)
 from spkid.cmvn import Norm
-from spkid.errors import SpkidError
-from spkid.features import Backend, FeatureConfig, Kind, LogType, Window
-from spkid.lists import Entry
+from spkid.errors import SpkidError, UsageError
+from spkid.features import Backend, FeatureConfig, LogType, Window
+from spkid.lists import Entry, KaldiEntry
 
 app = typer.Typer(rich_markup_mode=None)
 
 _D = FeatureConfig()
 CONFIG_NAME = "features.json"
+KindChoice = Literal["fbank", "mfcc", "specdb", "spectrogram", "kaldi-fbank"]  # Kind and spkid.kaldifbank's KIND
+# what kaldi-fbank takes from the options when they are given (else Kaldi's defaults); the others do not apply to it
+KALDI_OPTIONS = {"rate": "sample_rate", "n_filters": "n_filters", "win_len": "win_len", "win_step": "win_step",
+                 "preemph": "preemph", "low_freq": "low_freq", "high_freq": "high_freq", "norm": "norm",
+                 "cmn_window": "cmn_window"}
+NOT_KALDI = {"n_ceps": "--n-ceps", "lifter": "--lifter", "append_energy": "--append-energy", "nfft": "--nfft",
+             "window": "--window", "log_type": "--log", "backend": "--backend"}
 
 
 @dataclass(frozen=True)
 class _Job(Entry):
-    """A list entry with its voiced sample ranges (small and picklable: each -j worker gets only its own)."""
+    """A list entry with its voiced sample ranges and its output file (small and picklable: each -j worker gets
+    only its own); a Kaldi segment also has its id and `[start, end)` seconds."""
 
     keep: tuple[tuple[int, int], ...] | None = None
+    dst: str = ""
+    utt: str = ""
+    start: float | None = None
+    end: float | None = None
+
+    @property
+    def key(self) -> str:
+        return self.utt or self.path
 
 
-def _features_one(job: _Job, *, cfg: Any, out_dir: str, root: Path) -> int:
+def _features_one(job: _Job, *, cfg: Any) -> int:
     from spkid import audio, features
 
     keep = None if job.keep is None else np.array(job.keep, dtype=np.int64).reshape(-1, 2)
-    if isinstance(cfg, FeatureConfig):
+    if job.start is not None:  # a Kaldi segment: its samples of the recording
+        x, sr = audio.load_segment(job.path, job.start, job.end)
+        audio.check_expected(job.path, 1, sr, cfg.sample_rate)
+        if isinstance(cfg, FeatureConfig):
+            feats = features.compute(x, cfg)
+        else:
+            feats = cfg.compute(cfg.prepare(x)) if len(x) else np.zeros((0, cfg.dims), np.float32)
+    elif isinstance(cfg, FeatureConfig):
         feats = features.compute_file(job.path, cfg, keep=keep)
     else:  # a model's own front end (e.g. the pretrained encoder's): its `prepare`, then `compute`, of the voiced samples
         x = audio.load_expected(job.path, cfg.sample_rate)
@@ -46,7 +69,7 @@ def _features_one(job: _Job, *, cfg: Any, out_dir: str, root: Path) -> int:
         feats = cfg.compute(cfg.prepare(x)) if len(x) else np.zeros((0, cfg.dims), np.float32)
     if len(feats) == 0:
         raise SpkidError(f"{job.path}: no voiced frames (VAD ranges {list(job.keep or ())}); nothing to write")
-    with fileio.atomic_write(lists.output_path(job.path, out_dir, root, ".npy"), "wb") as f:
+    with fileio.atomic_write(job.dst, "wb") as f:
         np.lib.format.write_array(f, feats, allow_pickle=False)
     return len(feats)
 
@@ -103,11 +126,29 @@ def _check_config(out_dir: str, cfg: Any, overwrite: bool) -> None:
         raise SpkidError(f"{path} was written with other settings ({diff}); use another -d, or --overwrite to redo all")
 
 
+def _kaldi_config(ctx: typer.Context, values: dict[str, Any]) -> Any:
+    """kaldi-fbank's config: Kaldi's defaults, replaced by the options given on the command line."""
+    from spkid.kaldifbank import KaldiFbankConfig
+
+    def given(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+    if wrong := [flag for name, flag in NOT_KALDI.items() if given(name)]:
+        raise typer.BadParameter(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to --kind kaldi-fbank (Kaldi's Povey window, "
+                                 "512-point FFT and natural log are fixed)", param_hint="--kind")
+    try:
+        return KaldiFbankConfig(**{field: values[name] for name, field in KALDI_OPTIONS.items() if given(name)})
+    except SpkidError as e:
+        raise typer.BadParameter(str(e).removeprefix("feature config (kaldi-fbank): ")) from None
+
+
 @app.command()
 def features(
+    ctx: typer.Context,
     inputs: InputsArg = None,
     out_dir: OutDirOpt = ...,
-    kind: Annotated[Kind, typer.Option("--kind", "-k", help="fbank: log Mel filterbank; mfcc; specdb: log |spectrum|; spectrogram: |spectrum|.")] = _D.kind,
+    kind: Annotated[KindChoice, typer.Option("--kind", "-k", help="fbank: log Mel filterbank; mfcc; specdb: log |spectrum|; spectrogram: |spectrum|; kaldi-fbank: Kaldi's fbank (80 filters from 20 Hz, Povey window, dither 0, snip-edges, ln; of the options below it takes -r, -n, --win-len, --win-step, --preemph, --low-freq, --high-freq, --norm, --cmn-window).")] = _D.kind,
     n_filters: Annotated[int, typer.Option("--n-filters", "-n", min=1, metavar="N", help="Mel filters (fbank, mfcc).")] = _D.n_filters,
     n_ceps: Annotated[int, typer.Option("--n-ceps", min=1, metavar="N", help="MFCC coefficients kept.")] = _D.n_ceps,
     lifter: Annotated[int, typer.Option("--lifter", min=0, metavar="L", help="MFCC cepstral lifter (psf's ceplifter; 0 = off).")] = _D.lifter,
@@ -147,11 +188,14 @@ def features(
     Examples:
       spkid convert -d conv < raw.txt | spkid vad --trim -d voiced | spkid features -d feats > feats.txt
       spkid features wavs.txt -d mfcc --kind mfcc --n-filters 40 --n-ceps 20 --norm cmvn -j 4
+      spkid features data/train -d fbank80 --kind kaldi-fbank --norm cmn    # a Kaldi data folder (wav.scp)
       spkid vad wavs.txt 32000 > vad.npy && spkid features wavs.txt --vad vad.npy -d feats --norm sliding
       spkid features train.txt -d mel --model resemblyzer | spkid train -m lstm_ge2e --init resemblyzer -o ft.pt
     """
     if model is not None:
         cfg = _model_config(model)
+    elif kind == "kaldi-fbank":
+        cfg = _kaldi_config(ctx, locals())
     else:
         try:
             cfg = FeatureConfig(kind=kind, sample_rate=rate, n_filters=n_filters, win_len=win_len, win_step=win_step,
@@ -160,24 +204,36 @@ def features(
                                 cmn_window=cmn_window, backend=backend)
         except SpkidError as e:
             raise typer.BadParameter(str(e).removeprefix("feature config: ")) from None
-    everything = streams.read_list(inputs, label_depth)
+    everything = streams.read_list(inputs, label_depth, segments=True)
     positions = lists.shard(list(range(len(everything))), shard)
     entries = [everything[i] for i in positions]
+    if vad and any(isinstance(e, KaldiEntry) for e in everything):
+        raise UsageError("--vad gives sample ranges of whole files, and a Kaldi data folder's entries are named by "
+                         "their ids; trim the audio with `spkid vad --trim` first, or leave out --vad")
     ranges = _vad_ranges(vad, len(everything), positions) if vad else {}
     base = Path(root) if root else lists.default_root([e.path for e in everything])
-    planned = [lists.output_path(e.path, out_dir, base, ".npy") for e in entries]
+    planned = [_kaldi_output(e, out_dir) if isinstance(e, KaldiEntry) else lists.output_path(e.path, out_dir, base, ".npy")
+               for e in entries]
     _check_config(out_dir, cfg, overwrite)
     config_path = Path(out_dir) / CONFIG_NAME
     config_existed = config_path.exists()
     try:  # from the config's write on: a Ctrl-C right after it must not leave it behind either
         with fileio.atomic_write(config_path, "w") as f:
             f.write(json.dumps(cfg.to_dict(), indent=1) + "\n")
-        items = [_Job(e.path, e.label, _ranges(ranges[i]) if vad else None) for i, e in zip(positions, entries)]
-        fn = partial(_features_one, cfg=cfg, out_dir=out_dir, root=base)
+        items = [_Job(e.path, e.label, _ranges(ranges[i]) if vad else None, str(p), getattr(e, "utt", ""),
+                      getattr(e, "start", None), getattr(e, "end", None)) for i, e, p in zip(positions, entries, planned)]
+        fn = partial(_features_one, cfg=cfg)
         out = write_outputs(fn, items, planned, overwrite=overwrite, jobs=jobs, skip_bad=skip_bad, desc="features")
     except BaseException:
         if not config_existed:  # a failed first run leaves no half-made folder behind
             config_path.unlink(missing_ok=True)
         raise
     out.log_summary()
-    streams.write_list(Entry(str(p), e.label) for e, p in zip(entries, planned) if e.path not in out.failed)
+    streams.write_list(Entry(str(p), e.label) for e, p in zip(entries, planned) if e.key not in out.failed)
+
+
+def _kaldi_output(entry: KaldiEntry, out_dir: str) -> Path:
+    """Where the features of a Kaldi utterance or segment go: `-d/ID.npy`."""
+    if not entry.utt or "/" in entry.utt or entry.utt in (".", ".."):
+        raise SpkidError(f"{entry.shown}: the Kaldi id {entry.utt!r} cannot name a file (it holds a '/')")
+    return Path(out_dir) / f"{entry.utt}.npy"

@@ -24,14 +24,24 @@ app = typer.Typer(rich_markup_mode=None)
 _D = VadConfig()
 
 
-def _detect(entry: Entry, *, cfg: VadConfig) -> tuple[np.ndarray, int]:
-    x = audio.load_expected(entry.path, SAMPLE_RATE)
-    return core.segments(x, SAMPLE_RATE, cfg), len(x)
+def _find(x: np.ndarray, cfg: VadConfig, engine: str) -> np.ndarray:
+    """The segments of `x` with spkid's network or silero-vad's probabilities, the same post-processing."""
+    if engine == "silero":
+        from spkid import vadsilero
+
+        return core.segments_from_prob(vadsilero.speech_prob(core.check_signal(x, SAMPLE_RATE)), len(x), cfg)
+    return core.segments(x, SAMPLE_RATE, cfg)
 
 
-def _trim_one(entry: Entry, *, cfg: VadConfig, out_dir: str, root: Path, fmt: str) -> tuple[np.ndarray, int]:
+def _detect(entry: Entry, *, cfg: VadConfig, engine: str = "spkid") -> tuple[np.ndarray, int]:
     x = audio.load_expected(entry.path, SAMPLE_RATE)
-    segs = core.segments(x, SAMPLE_RATE, cfg)
+    return _find(x, cfg, engine), len(x)
+
+
+def _trim_one(entry: Entry, *, cfg: VadConfig, out_dir: str, root: Path, fmt: str,
+              engine: str = "spkid") -> tuple[np.ndarray, int]:
+    x = audio.load_expected(entry.path, SAMPLE_RATE)
+    segs = _find(x, cfg, engine)
     if len(segs):
         dst = lists.output_path(entry.path, out_dir, root, audio.FORMATS[fmt][1])
         audio.write(dst, (x[a:b] for a, b in segs), SAMPLE_RATE, fmt)  # the voiced segments, not joined in memory
@@ -62,6 +72,7 @@ def vad(
     min_speech: Annotated[float, typer.Option("--min-speech", metavar="S", help="Drop speech shorter than this.")] = _D.min_speech,
     min_silence: Annotated[float, typer.Option("--min-silence", metavar="S", help="Fill pauses shorter than this.")] = _D.min_silence,
     padding: Annotated[float, typer.Option("--padding", metavar="S", help="Seconds added to both ends of each segment.")] = _D.padding,
+    engine: Annotated[Literal["spkid", "silero"], typer.Option("--engine", help="Speech probabilities from spkid's network, or from silero-vad through onnxruntime (needs `pip install silero-vad --no-deps`; no torch).")] = "spkid",
     output: OutputOpt = None,
     root: RootOpt = None,
     jobs: JobsOpt = 1,
@@ -83,7 +94,9 @@ def vad(
     A file with no voice gets [0, 0] and a warning (with --trim it is left out of the list). Rows of items
     skipped by --skip-bad are [0, 0] too, so row i stays entry i. Stereo or non-16 kHz audio is refused:
     run `spkid convert` first. The detector is a small numpy network that tells speech from noise and music
-    (spkid/data/vad.npz); it never imports torch.
+    (spkid/data/vad.npz); it never imports torch. The defaults put segment edges where people label them (pauses
+    from 0.1 s kept apart, 0.05 s padding); `embed` trims more generously on its own. --engine silero takes the
+    probabilities from silero-vad instead (its weights, through onnxruntime: `pip install silero-vad --no-deps`).
 
     \b
     Examples:
@@ -111,9 +124,13 @@ def vad(
     if trim:
         # the layout below --root is the whole list's, so every shard writes where an unsharded run would
         base = Path(root) if root else lists.default_root([e.path for e in everything])
-        _run_trim(entries, cfg, out_dir, base, fmt, jobs=jobs, skip_bad=skip_bad, overwrite=overwrite)
+        _run_trim(entries, cfg, out_dir, base, fmt, jobs=jobs, skip_bad=skip_bad, overwrite=overwrite, engine=engine)
         return
-    results = map_entries(partial(_detect, cfg=cfg), entries, jobs=jobs, skip_bad=skip_bad, desc="vad")
+    if engine == "silero":
+        from spkid import vadsilero
+
+        vadsilero.model_path()  # a missing package fails once, before any file is read
+    results = map_entries(partial(_detect, cfg=cfg, engine=engine), entries, jobs=jobs, skip_bad=skip_bad, desc="vad")
     done = {e.path: r for e, r in results}
     rows = []
     for pos, e in zip(positions, entries):
@@ -131,10 +148,10 @@ def vad(
 
 
 def _run_trim(entries: list[Entry], cfg: VadConfig, out_dir: str, base: Path, fmt: str, *,
-              jobs: int, skip_bad: bool, overwrite: bool) -> None:
+              jobs: int, skip_bad: bool, overwrite: bool, engine: str = "spkid") -> None:
     suffix = audio.FORMATS[fmt][1]
     planned = [lists.output_path(e.path, out_dir, base, suffix) for e in entries]
-    fn = partial(_trim_one, cfg=cfg, out_dir=out_dir, root=base, fmt=fmt)
+    fn = partial(_trim_one, cfg=cfg, out_dir=out_dir, root=base, fmt=fmt, engine=engine)
     out = write_outputs(fn, entries, planned, overwrite=overwrite, jobs=jobs, skip_bad=skip_bad, desc="vad")
     results = {path: segs for path, (segs, _) in out.results.items()}
     listed = []
