@@ -195,6 +195,7 @@ def test_training_script_smoke(shared_data, tmp_path):
     model = vad.VadModel(out)
     assert model.meta["args"]["extra_music"] == [str(music)] and model.meta["format"] == "spkid-vad/1"
     assert vad.speech_prob(np.zeros(16000, np.float32), SR, model).shape == (100,)
+    script = [*script, "--teacher", teacher]
     missing = subprocess.run([*script, "--extra-music", tmp_path / "none"], capture_output=True, text=True)
     assert missing.returncode == 1 and missing.stderr == f"train_vad.py: music folder not found: {tmp_path / 'none'}\n"
     (tmp_path / "empty").mkdir()
