@@ -196,15 +196,15 @@ def _rank_candidates(g: gallery.Gallery, q: np.ndarray, k: int, score_by: str, c
 def _scores_of_speakers(g: gallery.Gallery, spk: np.ndarray, q: np.ndarray, score_by: str) -> np.ndarray:
     """float32 scores of one unit query `(D,)` against the speaker rows `spk` (ascending), as `rank` scores them."""
     if g.all_embeddings is None:
-        return gallery.check_rows(g, "embeddings.npy", np.asarray(g.embeddings[spk]) @ q)
+        return gallery.check_rows(g, "embeddings.npy", np.asarray(g.embeddings)[spk] @ q)
     if score_by != "best":
-        s = (np.asarray(g.sums[spk]) @ q) * (1.0 / np.maximum(np.asarray(g.counts)[spk], 1)).astype(np.float32)
+        s = (np.asarray(g.sums)[spk] @ q) * (1.0 / np.maximum(np.asarray(g.counts)[spk], 1)).astype(np.float32)
         return gallery.check_rows(g, "sums.npy", s)
-    a = np.searchsorted(g.all_index, spk, "left")
-    n = np.searchsorted(g.all_index, spk, "right") - a
+    first = g.first_rows()
+    a, n = first[spk], first[spk + 1] - first[spk]
     starts = np.cumsum(n) - n
     rows = np.arange(n.sum()) - np.repeat(starts - a, n)
-    return np.maximum.reduceat(gallery.check_rows(g, "all_embeddings.npy", np.asarray(g.all_embeddings[rows]) @ q), starts)
+    return np.maximum.reduceat(gallery.check_rows(g, "all_embeddings.npy", np.asarray(g.all_embeddings)[rows] @ q), starts)
 
 
 def rank_shards(shards: Sequence[gallery.Gallery], queries: np.ndarray, k: int, score_by: str,

@@ -97,6 +97,13 @@ class Gallery:
             return rows
         return np.where(rows >= 0, np.asarray(self.all_index)[np.maximum(rows, 0)], -1)
 
+    def first_rows(self) -> np.ndarray:
+        """`(S + 1,)`: speaker i's enrolment embeddings are rows first_rows()[i] to first_rows()[i + 1] of
+        all_embeddings (aggregation "all", whose rows are sorted by speaker)."""
+        if not hasattr(self, "_first_rows"):
+            self._first_rows = np.concatenate([[0], np.cumsum(np.asarray(self.counts))])
+        return self._first_rows
+
     @property
     def aggregation(self) -> str:
         return self.meta.get("aggregation", "mean")
@@ -129,7 +136,7 @@ class Gallery:
         """Every enrolment embedding of speaker row i (`all`), or its model (`mean`): `(n, D)`."""
         if self.all_embeddings is None or self.all_index is None:
             return np.asarray(self.embeddings[i : i + 1])
-        a, b = np.searchsorted(self.all_index, [i, i + 1])
+        a, b = self.first_rows()[i : i + 2]
         return np.asarray(self.all_embeddings[a:b])
 
 
