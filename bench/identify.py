@@ -250,7 +250,7 @@ def main() -> None:
                      rss_exact, rss_index, cli_exact, cli_index))
         if not args.keep:
             shutil.rmtree(path)
-        del g
+        g = ix = None  # the maps go before the next size is built
     ms = lambda t: f"{1000 * np.median(t):.2f} ms"  # noqa: E731
     mb = lambda b: f"{b / 2**20:,.0f} MB"  # noqa: E731
     print("| rows | cells / scanned | build (2 cores) | index / float32 matrix | 1 query exact | 1 query indexed "

@@ -219,7 +219,7 @@ def test_shards_answer_as_the_whole_gallery_and_merge_in_score(tmp_path: Path):
     for i, s in enumerate(shards):
         (tmp_path / f"out{i}.jsonl").write_bytes(identify(s, probe).stdout)
     merged = sh(f"cat {tmp_path}/out*.jsonl | spkid score --json")
-    single = sh(f"spkid score --json", input=want.stdout)
+    single = sh("spkid score --json", input=want.stdout)
     assert merged.returncode == 0, merged.stderr
     assert json.loads(merged.stdout) == json.loads(single.stdout)
     other = embeddings_stream(tmp_path / "x.npy", ["zed"], vecs[:1])
@@ -256,3 +256,16 @@ def test_a_damaged_row_is_caught_when_the_index_reads_it(tmp_path: Path):
         out = identify(str(g), probe, extra)
         errors = [ln for ln in out.stderr.decode().splitlines() if "error:" in ln]
         assert out.returncode == 1 and out.stdout == b"" and len(errors) == 1 and "is damaged" in errors[0], errors
+
+
+def test_a_speaker_in_two_shards_is_listed_once_with_a_warning(tmp_path: Path):
+    names, vecs, centers = clustered(20, 2)
+    enr = embeddings_stream(tmp_path / "enr.npy", names, vecs)
+    probe = embeddings_stream(tmp_path / "probe.npy", ["s00003"], probes(centers[3:4], 1, seed=0))
+    for g in ("a", "b"):
+        assert sh(f"spkid enroll --from-embeddings {enr} -g {tmp_path / g}").returncode == 0
+    both = identify([str(tmp_path / "a"), str(tmp_path / "b")], probe)
+    alone = identify(str(tmp_path / "a"), probe)
+    assert both.returncode == 0 and top_of(both.stdout) == top_of(alone.stdout)
+    warning = [ln for ln in both.stderr.decode().splitlines() if "more than one shard" in ln]
+    assert len(warning) == 1 and "'s00003'" in warning[0], both.stderr

@@ -98,3 +98,19 @@ def test_segments_are_cut(tmp_path: Path):
     assert Path(feats[0]).name == e.keys[0] + ".npy" and np.load(feats[0]).shape == (148, 80)
     vad = sh(f"spkid vad {d}")
     assert vad.returncode == 1 and b"segments" in vad.stderr and len(vad.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("wav.scp", "u1 sox x.wav -t wav - |\n", "is a piped command; spkid runs no commands from data files"),
+    ("segments", "s1 u1 2.0 1.0\n", "segment 's1' has start 2.0 and end 1.0"),
+    ("utt2spk", "other spk\n", "no speaker for 1 utterance"),
+])
+def test_a_bad_data_folder_is_one_line_and_no_output(tmp_path: Path, name: str, text: str, message: str):
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "wav.scp").write_text(f"u1 {clip_files('enroll')[0]}\n")
+    (d / name).write_text(text)
+    proc = sh(f"spkid embed {d} -o {tmp_path}/e.npy")
+    lines = proc.stderr.decode().strip().splitlines()
+    assert proc.returncode == 1 and not (tmp_path / "e.npy").exists(), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("spkid embed: error:") and message in lines[0], lines

@@ -237,3 +237,16 @@ def test_silero_engine_without_torch():
     assert rows.dtype == np.int64 and rows.shape[1] == 3 and set(rows[:, 0].tolist()) == {0}
     score = bench.score_real(lambda x: bench.frames_from_segments(rows[:, 1:], len(x) // 160), [rec])
     assert score["agreement"] >= 0.99, score
+
+
+def test_silero_engine_without_its_package_is_one_line(tmp_path):
+    """Where silero-vad is not installed (as in CI), `--engine silero` fails once, before reading any file: one
+    line naming the package to install, exit 1, nothing on stdout."""
+    if importlib.util.find_spec("silero_vad") is not None:
+        pytest.skip("silero-vad is installed: test_silero_engine_without_torch covers the engine")
+    out = tmp_path / "segs.npy"
+    proc = subprocess.run([sys.executable, "-m", "spkid", "vad", "--engine", "silero", "--segments", "-o", out,
+                           REPO / "tests" / "data" / "pyannote_sample.flac"], capture_output=True, text=True)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and proc.stdout == "" and not out.exists(), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("spkid vad: error:") and "pip install silero-vad --no-deps" in lines[0]
