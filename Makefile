@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The reference packages the importer tests compare spkid with (tests/test_import_*.py). Installed without their
+# dependencies: each pins torchaudio (whose only build on the registry needs another torch) and far more
+# (ASR toolkits, clustering); their network and front-end code needs only torch, and the tests stub torchaudio.
+REFERENCE := wespeaker-unofficial==0.0.2 speechbrain==1.1.2 speakerlab==0.0.6
 
 .PHONY: install lint test demo recipe docs clean
 
@@ -13,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[test,plot,pretrained]'
 	$(BIN)/python -m pip install -q --force-reinstall --no-deps webrtcvad-wheels
+	$(BIN)/python -m pip install -q --no-deps $(REFERENCE)
+	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
 install: $(STAMP)

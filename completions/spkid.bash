@@ -21,7 +21,7 @@ _spkid_completion() {
         '')
             case $cur in
                 -*) COMPREPLY=($(compgen -W '-v --verbose -q --quiet --version -h --help' -- "$cur")) ;;
-                *) COMPREPLY=($(compgen -W 'convert vad features train export embed enroll verify identify score' -- "$cur")) ;;
+                *) COMPREPLY=($(compgen -W 'convert vad features train export embed enroll verify identify score models' -- "$cur")) ;;
             esac ;;
         convert)
             case $prev in
@@ -48,7 +48,7 @@ _spkid_completion() {
         features)
             case $prev in
                 -d|--out-dir|--root) compopt -o dirnames 2>/dev/null; return 0 ;;
-                -k|--kind) COMPREPLY=($(compgen -W 'fbank mfcc specdb spectrogram kaldi-fbank' -- "$cur")); return 0 ;;
+                -k|--kind) COMPREPLY=($(compgen -W 'fbank mfcc specdb spectrogram kaldi-fbank sb-fbank' -- "$cur")); return 0 ;;
                 -n|--n-filters|--n-ceps|--lifter|-r|--rate|--win-len|--win-step|--nfft|--preemph|--low-freq|--high-freq|--cmn-window|-j|--jobs|--shard|--label-depth) return 0 ;;
                 -w|--window) COMPREPLY=($(compgen -W 'rectangular hamming hann povey' -- "$cur")); return 0 ;;
                 --log) COMPREPLY=($(compgen -W 'db ln' -- "$cur")); return 0 ;;
@@ -148,6 +148,14 @@ _spkid_completion() {
             case $cur in
                 -*) COMPREPLY=($(compgen -W '--trials --p-target --c-miss --c-fa --far --threshold --llr --bootstrap --seed --top-k --confusion --json --plot --calibrate -g --gallery -m --model --model-out -h --help' -- "$cur")) ;;
                 *) compopt -o default 2>/dev/null ;;
+            esac ;;
+        models)
+            case $prev in
+                --timeout|--retries) return 0 ;;
+            esac
+            case $cur in
+                -*) COMPREPLY=($(compgen -W '--json -l --long --force --timeout --retries -h --help' -- "$cur")) ;;
+                *) COMPREPLY=($(compgen -W 'list pull path rm' -- "$cur")) ;;
             esac ;;
     esac
     return 0

@@ -16,6 +16,7 @@ complete -c spkid -n '__fish_use_subcommand' -a enroll -d 'Add the listed uttera
 complete -c spkid -n '__fish_use_subcommand' -a verify -d 'Score two clips, or a clip against an enrolled speaker, and decide'
 complete -c spkid -n '__fish_use_subcommand' -a identify -d 'Name the enrolled speaker of each clip, or `unknown` when the best score is below the threshold'
 complete -c spkid -n '__fish_use_subcommand' -a score -d 'Report EER, minDCF, AUC, Cllr and more from scores, or identification accuracy from `identify --json`'
+complete -c spkid -n '__fish_use_subcommand' -a models -d 'List the published encoders spkid can import, download them, and find them in the cache'
 
 complete -c spkid -n '__fish_seen_subcommand_from convert' -s d -l out-dir -x -a '(__fish_complete_directories)' -d 'Folder for the written files (created; input layout kept below it)'
 complete -c spkid -n '__fish_seen_subcommand_from convert' -s r -l rate -x -d 'Output sample rate (Hz)'
@@ -52,7 +53,7 @@ complete -c spkid -n '__fish_seen_subcommand_from vad' -s h -l help -d 'Show thi
 complete -c spkid -n '__fish_seen_subcommand_from vad' -F
 
 complete -c spkid -n '__fish_seen_subcommand_from features' -s d -l out-dir -x -a '(__fish_complete_directories)' -d 'Folder for the written files (created; input layout kept below it)'
-complete -c spkid -n '__fish_seen_subcommand_from features' -s k -l kind -x -a 'fbank mfcc specdb spectrogram kaldi-fbank' -d 'fbank: log Mel filterbank'
+complete -c spkid -n '__fish_seen_subcommand_from features' -s k -l kind -x -a 'fbank mfcc specdb spectrogram kaldi-fbank sb-fbank' -d 'fbank: log Mel filterbank'
 complete -c spkid -n '__fish_seen_subcommand_from features' -s n -l n-filters -x -d 'Mel filters (fbank, mfcc)'
 complete -c spkid -n '__fish_seen_subcommand_from features' -l n-ceps -x -d 'MFCC coefficients kept'
 complete -c spkid -n '__fish_seen_subcommand_from features' -l lifter -x -d 'MFCC cepstral lifter (psf'\''s ceplifter; 0 = off)'
@@ -109,7 +110,7 @@ complete -c spkid -n '__fish_seen_subcommand_from export' -s o -l output -r -F -
 complete -c spkid -n '__fish_seen_subcommand_from export' -s h -l help -d 'Show this message and exit'
 complete -c spkid -n '__fish_seen_subcommand_from export' -F
 
-complete -c spkid -n '__fish_seen_subcommand_from embed' -s m -l model -r -F -a 'resemblyzer' -d 'Model file written by `spkid train`, or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid[pretrained]'\''`)'
+complete -c spkid -n '__fish_seen_subcommand_from embed' -s m -l model -r -F -a 'resemblyzer' -d 'Model file written by `spkid train` (or its .onnx), a published model of WeSpeaker, SpeechBrain, 3D-Speaker or pyannote (its folder or file, or a `spkid models` name once pulled), or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid[pretrained]'\''`)'
 complete -c spkid -n '__fish_seen_subcommand_from embed' -s o -l output -r -F -d 'Write to FILE (atomically) instead of stdout'
 complete -c spkid -n '__fish_seen_subcommand_from embed' -l window -x -d 'Window length for long audio (default: the model'\''s; 0 = whole utterance)'
 complete -c spkid -n '__fish_seen_subcommand_from embed' -l hop -x -d 'Step between windows (default: the model'\''s)'
@@ -126,7 +127,7 @@ complete -c spkid -n '__fish_seen_subcommand_from embed' -s h -l help -d 'Show t
 complete -c spkid -n '__fish_seen_subcommand_from embed' -F
 
 complete -c spkid -n '__fish_seen_subcommand_from enroll' -s g -l gallery -x -a '(__fish_complete_directories)' -d 'The gallery folder (created when missing)'
-complete -c spkid -n '__fish_seen_subcommand_from enroll' -s m -l model -r -F -a 'resemblyzer' -d 'Model file written by `spkid train`, or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid[pretrained]'\''`)'
+complete -c spkid -n '__fish_seen_subcommand_from enroll' -s m -l model -r -F -a 'resemblyzer' -d 'Model file written by `spkid train` (or its .onnx), a published model of WeSpeaker, SpeechBrain, 3D-Speaker or pyannote (its folder or file, or a `spkid models` name once pulled), or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid[pretrained]'\''`)'
 complete -c spkid -n '__fish_seen_subcommand_from enroll' -l from-embeddings -d 'The input is a keyed embedding matrix (`spkid embed` output), not a list'
 complete -c spkid -n '__fish_seen_subcommand_from enroll' -l labels -r -F -d 'Speaker of each key: a list file of PATH<TAB>LABEL lines, Kaldi'\''s utt2spk or a Kaldi data folder (default: the list'\''s labels, or the key'\''s folder)'
 complete -c spkid -n '__fish_seen_subcommand_from enroll' -s s -l speaker -x -d 'Enroll every input (clips, a folder, audio on stdin, embeddings) as this one speaker'
@@ -156,7 +157,7 @@ complete -c spkid -n '__fish_seen_subcommand_from verify' -s s -l speaker -x -d 
 complete -c spkid -n '__fish_seen_subcommand_from verify' -l trials -r -F -d 'Trials list (VoxCeleb `1 a b` or Kaldi `a b target`): write one score line per trial'
 complete -c spkid -n '__fish_seen_subcommand_from verify' -s e -l embeddings -r -F -d 'With --trials: score these precomputed embeddings (`spkid embed` output) instead of audio'
 complete -c spkid -n '__fish_seen_subcommand_from verify' -l root -x -a '(__fish_complete_directories)' -d 'With --trials: folder that relative audio paths in the trials are under'
-complete -c spkid -n '__fish_seen_subcommand_from verify' -s m -l model -r -F -a 'resemblyzer' -d 'Model file written by `spkid train`, or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid[pretrained]'\''`)'
+complete -c spkid -n '__fish_seen_subcommand_from verify' -s m -l model -r -F -a 'resemblyzer' -d 'Model file written by `spkid train` (or its .onnx), a published model of WeSpeaker, SpeechBrain, 3D-Speaker or pyannote (its folder or file, or a `spkid models` name once pulled), or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid[pretrained]'\''`)'
 complete -c spkid -n '__fish_seen_subcommand_from verify' -s t -l threshold -x -d 'Accept scores >= SCORE (default: the gallery'\''s or the model'\''s calibration)'
 complete -c spkid -n '__fish_seen_subcommand_from verify' -l operating-point -x -a 'eer min_dcf bayes far' -d 'Which calibrated threshold to use: equal error rate, minimum DCF, Bayes decision at the calibration prior, or the target FAR'
 complete -c spkid -n '__fish_seen_subcommand_from verify' -l cohort -r -F -d 'Keyed matrix of cohort embeddings (`spkid embed` output, other speakers) for AS-norm'
@@ -179,7 +180,7 @@ complete -c spkid -n '__fish_seen_subcommand_from verify' -F
 
 complete -c spkid -n '__fish_seen_subcommand_from identify' -s g -l gallery -x -a '(__fish_complete_directories)' -d 'The gallery folder built by `spkid enroll`'
 complete -c spkid -n '__fish_seen_subcommand_from identify' -l in -r -F -d 'Find where enrolled speakers talk in this long recording (sliding windows)'
-complete -c spkid -n '__fish_seen_subcommand_from identify' -s m -l model -r -F -a 'resemblyzer' -d 'Model file written by `spkid train`, or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid[pretrained]'\''`)'
+complete -c spkid -n '__fish_seen_subcommand_from identify' -s m -l model -r -F -a 'resemblyzer' -d 'Model file written by `spkid train` (or its .onnx), a published model of WeSpeaker, SpeechBrain, 3D-Speaker or pyannote (its folder or file, or a `spkid models` name once pulled), or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid[pretrained]'\''`)'
 complete -c spkid -n '__fish_seen_subcommand_from identify' -s k -l top-k -x -d 'Candidates to list per clip'
 complete -c spkid -n '__fish_seen_subcommand_from identify' -l json -d 'JSON lines (the schema `spkid score` reads) instead of text'
 complete -c spkid -n '__fish_seen_subcommand_from identify' -s t -l threshold -x -d 'Accept scores >= SCORE (default: the gallery'\''s or the model'\''s calibration)'
@@ -223,3 +224,11 @@ complete -c spkid -n '__fish_seen_subcommand_from score' -s m -l model -r -F -d 
 complete -c spkid -n '__fish_seen_subcommand_from score' -l model-out -r -F -d '--calibrate: write the model with its calibration here'
 complete -c spkid -n '__fish_seen_subcommand_from score' -s h -l help -d 'Show this message and exit'
 complete -c spkid -n '__fish_seen_subcommand_from score' -F
+
+complete -c spkid -n '__fish_seen_subcommand_from models' -l json -d 'list: one JSON array with every field (URLs, sha256, cached folder)'
+complete -c spkid -n '__fish_seen_subcommand_from models' -s l -l long -d 'list: every field, download URLs included, a block per model'
+complete -c spkid -n '__fish_seen_subcommand_from models' -l force -d 'pull: download again even if cached'
+complete -c spkid -n '__fish_seen_subcommand_from models' -l timeout -x -d 'pull: give up on a server silent this long (then resume)'
+complete -c spkid -n '__fish_seen_subcommand_from models' -l retries -x -d 'pull: resume a cut-off transfer this many times before failing'
+complete -c spkid -n '__fish_seen_subcommand_from models' -s h -l help -d 'Show this message and exit'
+complete -c spkid -n '__fish_seen_subcommand_from models' -a 'list pull path rm'

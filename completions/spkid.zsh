@@ -28,6 +28,7 @@ _spkid() {
                 'verify:Score two clips, or a clip against an enrolled speaker, and decide'
                 'identify:Name the enrolled speaker of each clip, or `unknown` when the best score is below the threshold'
                 'score:Report EER, minDCF, AUC, Cllr and more from scores, or identification accuracy from `identify --json`'
+                'models:List the published encoders spkid can import, download them, and find them in the cache'
             )
             _describe -t commands 'spkid command' commands && ret=0 ;;
         argument)
@@ -86,8 +87,8 @@ _spkid() {
                     _arguments \
                         '(-d --out-dir)-d+[Folder for the written files (created; input layout kept below it)]:DIR:_files -/' \
                         '(-d --out-dir)--out-dir=[Folder for the written files (created; input layout kept below it)]:DIR:_files -/' \
-                        '(-k --kind)-k+[fbank\: log Mel filterbank]:KIND:(fbank mfcc specdb spectrogram kaldi-fbank)' \
-                        '(-k --kind)--kind=[fbank\: log Mel filterbank]:KIND:(fbank mfcc specdb spectrogram kaldi-fbank)' \
+                        '(-k --kind)-k+[fbank\: log Mel filterbank]:KIND:(fbank mfcc specdb spectrogram kaldi-fbank sb-fbank)' \
+                        '(-k --kind)--kind=[fbank\: log Mel filterbank]:KIND:(fbank mfcc specdb spectrogram kaldi-fbank sb-fbank)' \
                         '(-n --n-filters)-n+[Mel filters (fbank, mfcc)]:N: ' \
                         '(-n --n-filters)--n-filters=[Mel filters (fbank, mfcc)]:N: ' \
                         '(--n-ceps)--n-ceps=[MFCC coefficients kept]:N: ' \
@@ -164,8 +165,8 @@ _spkid() {
                         && ret=0 ;;
                 embed)
                     _arguments \
-                        '(-m --model)-m+[Model file written by `spkid train`, or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid\[pretrained\]'\''`)]:FILE|resemblyzer:{_files; compadd -- resemblyzer}' \
-                        '(-m --model)--model=[Model file written by `spkid train`, or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid\[pretrained\]'\''`)]:FILE|resemblyzer:{_files; compadd -- resemblyzer}' \
+                        '(-m --model)-m+[Model file written by `spkid train` (or its .onnx), a published model of WeSpeaker, SpeechBrain, 3D-Speaker or pyannote (its folder or file, or a `spkid models` name once pulled), or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid\[pretrained\]'\''`)]:MODEL|resemblyzer:{_files; compadd -- resemblyzer}' \
+                        '(-m --model)--model=[Model file written by `spkid train` (or its .onnx), a published model of WeSpeaker, SpeechBrain, 3D-Speaker or pyannote (its folder or file, or a `spkid models` name once pulled), or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid\[pretrained\]'\''`)]:MODEL|resemblyzer:{_files; compadd -- resemblyzer}' \
                         '(-o --output)-o+[Write to FILE (atomically) instead of stdout]:FILE:_files' \
                         '(-o --output)--output=[Write to FILE (atomically) instead of stdout]:FILE:_files' \
                         '(--window)--window=[Window length for long audio (default\: the model'\''s; 0 = whole utterance)]:SECONDS: ' \
@@ -189,8 +190,8 @@ _spkid() {
                     _arguments \
                         '(-g --gallery)-g+[The gallery folder (created when missing)]:DIR:_files -/' \
                         '(-g --gallery)--gallery=[The gallery folder (created when missing)]:DIR:_files -/' \
-                        '(-m --model)-m+[Model file written by `spkid train`, or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid\[pretrained\]'\''`)]:FILE|resemblyzer:{_files; compadd -- resemblyzer}' \
-                        '(-m --model)--model=[Model file written by `spkid train`, or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid\[pretrained\]'\''`)]:FILE|resemblyzer:{_files; compadd -- resemblyzer}' \
+                        '(-m --model)-m+[Model file written by `spkid train` (or its .onnx), a published model of WeSpeaker, SpeechBrain, 3D-Speaker or pyannote (its folder or file, or a `spkid models` name once pulled), or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid\[pretrained\]'\''`)]:MODEL|resemblyzer:{_files; compadd -- resemblyzer}' \
+                        '(-m --model)--model=[Model file written by `spkid train` (or its .onnx), a published model of WeSpeaker, SpeechBrain, 3D-Speaker or pyannote (its folder or file, or a `spkid models` name once pulled), or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid\[pretrained\]'\''`)]:MODEL|resemblyzer:{_files; compadd -- resemblyzer}' \
                         '(--from-embeddings)--from-embeddings[The input is a keyed embedding matrix (`spkid embed` output), not a list]' \
                         '(--labels)--labels=[Speaker of each key\: a list file of PATH<TAB>LABEL lines, Kaldi'\''s utt2spk or a Kaldi data folder (default\: the list'\''s labels, or the key'\''s folder)]:FILE:_files' \
                         '(-s --speaker)-s+[Enroll every input (clips, a folder, audio on stdin, embeddings) as this one speaker]:NAME: ' \
@@ -229,8 +230,8 @@ _spkid() {
                         '(-e --embeddings)-e+[With --trials\: score these precomputed embeddings (`spkid embed` output) instead of audio]:FILE:_files' \
                         '(-e --embeddings)--embeddings=[With --trials\: score these precomputed embeddings (`spkid embed` output) instead of audio]:FILE:_files' \
                         '(--root)--root=[With --trials\: folder that relative audio paths in the trials are under]:DIR:_files -/' \
-                        '(-m --model)-m+[Model file written by `spkid train`, or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid\[pretrained\]'\''`)]:FILE|resemblyzer:{_files; compadd -- resemblyzer}' \
-                        '(-m --model)--model=[Model file written by `spkid train`, or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid\[pretrained\]'\''`)]:FILE|resemblyzer:{_files; compadd -- resemblyzer}' \
+                        '(-m --model)-m+[Model file written by `spkid train` (or its .onnx), a published model of WeSpeaker, SpeechBrain, 3D-Speaker or pyannote (its folder or file, or a `spkid models` name once pulled), or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid\[pretrained\]'\''`)]:MODEL|resemblyzer:{_files; compadd -- resemblyzer}' \
+                        '(-m --model)--model=[Model file written by `spkid train` (or its .onnx), a published model of WeSpeaker, SpeechBrain, 3D-Speaker or pyannote (its folder or file, or a `spkid models` name once pulled), or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid\[pretrained\]'\''`)]:MODEL|resemblyzer:{_files; compadd -- resemblyzer}' \
                         '(-t --threshold)-t+[Accept scores >= SCORE (default\: the gallery'\''s or the model'\''s calibration)]:SCORE: ' \
                         '(-t --threshold)--threshold=[Accept scores >= SCORE (default\: the gallery'\''s or the model'\''s calibration)]:SCORE: ' \
                         '(--operating-point)--operating-point=[Which calibrated threshold to use\: equal error rate, minimum DCF, Bayes decision at the calibration prior, or the target FAR]:POINT:(eer min_dcf bayes far)' \
@@ -262,8 +263,8 @@ _spkid() {
                         '*-g+[The gallery folder built by `spkid enroll`]:DIR:_files -/' \
                         '*--gallery=[The gallery folder built by `spkid enroll`]:DIR:_files -/' \
                         '(--in)--in=[Find where enrolled speakers talk in this long recording (sliding windows)]:FILE:_files' \
-                        '(-m --model)-m+[Model file written by `spkid train`, or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid\[pretrained\]'\''`)]:FILE|resemblyzer:{_files; compadd -- resemblyzer}' \
-                        '(-m --model)--model=[Model file written by `spkid train`, or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid\[pretrained\]'\''`)]:FILE|resemblyzer:{_files; compadd -- resemblyzer}' \
+                        '(-m --model)-m+[Model file written by `spkid train` (or its .onnx), a published model of WeSpeaker, SpeechBrain, 3D-Speaker or pyannote (its folder or file, or a `spkid models` name once pulled), or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid\[pretrained\]'\''`)]:MODEL|resemblyzer:{_files; compadd -- resemblyzer}' \
+                        '(-m --model)--model=[Model file written by `spkid train` (or its .onnx), a published model of WeSpeaker, SpeechBrain, 3D-Speaker or pyannote (its folder or file, or a `spkid models` name once pulled), or `resemblyzer` (pretrained GE2E encoder; needs `pip install '\''spkid\[pretrained\]'\''`)]:MODEL|resemblyzer:{_files; compadd -- resemblyzer}' \
                         '(-k --top-k)-k+[Candidates to list per clip]:K: ' \
                         '(-k --top-k)--top-k=[Candidates to list per clip]:K: ' \
                         '(--json)--json[JSON lines (the schema `spkid score` reads) instead of text]' \
@@ -317,6 +318,19 @@ _spkid() {
                         '(-h --help)-h[Show this message and exit]' \
                         '(-h --help)--help[Show this message and exit]' \
                         ':SCORES|-:_files' \
+                        && ret=0 ;;
+                models)
+                    _arguments \
+                        '(--json)--json[list\: one JSON array with every field (URLs, sha256, cached folder)]' \
+                        '(-l --long)-l[list\: every field, download URLs included, a block per model]' \
+                        '(-l --long)--long[list\: every field, download URLs included, a block per model]' \
+                        '(--force)--force[pull\: download again even if cached]' \
+                        '(--timeout)--timeout=[pull\: give up on a server silent this long (then resume)]:SECONDS: ' \
+                        '(--retries)--retries=[pull\: resume a cut-off transfer this many times before failing]:N: ' \
+                        '(-h --help)-h[Show this message and exit]' \
+                        '(-h --help)--help[Show this message and exit]' \
+                        ':list|pull|path|rm:(list pull path rm)' \
+                        '*:NAME: ' \
                         && ret=0 ;;
             esac ;;
     esac

@@ -62,6 +62,7 @@ class ModelRef:
     spec: ModelSpec | None = field(default=None, repr=False, compare=False)
     state: dict | None = field(default=None, repr=False, compare=False)
     onnx: Path | None = None
+    family: str | None = None  # a published model of another toolkit (`spkid.importers`), read from `path`
 
     @property
     def backend(self) -> str:
@@ -72,6 +73,11 @@ class ModelRef:
         from spkid import modelfile
 
         if self.spec is None or self.state is None:
+            if self.family is not None:
+                from spkid import importers
+
+                imported = importers.load(self.path)
+                return imported.spec, imported.state
             return modelfile.read(self.path)
         state, self.state = self.state, None
         return self.spec, state
@@ -81,7 +87,7 @@ def resolve_model(arg: str | None, backend: str = "auto") -> ModelRef:
     """`--model` -> ModelRef: a model file, an ONNX file, `resemblyzer`, or None for the bundled model, to be run by
     `backend` (auto | torch | onnx; see the module docstring). A model file run by torch is read here (spec and
     weights) and not again; an ONNX form's record is read without torch."""
-    from spkid import pretrained
+    from spkid import modelfile, pretrained
 
     if backend not in BACKENDS:
         raise SpkidError(f"unknown backend {backend!r}; choose from: {', '.join(BACKENDS)}")
@@ -97,11 +103,36 @@ def resolve_model(arg: str | None, backend: str = "auto") -> ModelRef:
         path = pretrained.weights_path()
         return ModelRef(arg, path, pretrained.sha256(), pretrained=True, spec=pretrained.spec())
     p = Path(arg)
-    if p.is_dir():
-        raise SpkidError(f"{arg}: is a directory, expected a model file")
-    if not p.is_file():
-        raise SpkidError(f"{arg}: no such model file (give a `spkid train` output, or `resemblyzer`)")
+    if not p.exists():
+        from spkid import catalogue
+
+        cached = catalogue.resolve(arg)  # a catalogue name: its downloaded folder (never the network)
+        if cached is None:
+            raise SpkidError(f"{arg}: no such model file or folder, nor a model of `spkid models` (give a `spkid "
+                             "train` output, a published model folder, a catalogue name, or `resemblyzer`)")
+        p = cached
+    if p.is_dir() or (p.suffix.lower() != ".onnx" and modelfile.header(p) is None and _published(p)):
+        return _imported(arg, p, backend)
     return _read(arg, p, backend)
+
+
+def _published(path: Path) -> bool:
+    """Whether file `path` has the layout of a published model of another toolkit (`spkid.importers`)."""
+    from spkid import importers
+
+    return importers.detect(path) is not None
+
+
+def _imported(label: str, path: Path, backend: str) -> ModelRef:
+    """A published model of another toolkit (`spkid.importers`), run by torch (its ONNX form: `spkid export`)."""
+    from spkid import importers, modelfile
+
+    if backend == "onnx":
+        raise SpkidError(f"{label} --backend onnx: write its ONNX form first (`spkid export {label} -o model.onnx`) "
+                         "and pass --model model.onnx")
+    imported = importers.load(path)
+    sha = modelfile.fingerprint(imported.spec, imported.state)
+    return ModelRef(label, path, sha, spec=imported.spec, state=imported.state, family=imported.family)
 
 
 def _read(label: str, path: Path, backend: str) -> ModelRef:
@@ -165,8 +196,10 @@ def model_for_gallery(model: str | None, g: Gallery | None, backend: str = "auto
             ref = resolve_model("resemblyzer", backend)
         elif rec.get("label") == "default":  # the bundled model, wherever this installation keeps it
             ref = resolve_model(None, backend)
-        elif path and Path(path).is_file():
+        elif path and Path(path).exists():
             ref = resolve_model(path, backend)
+        elif rec.get("label") and _known(rec["label"]):  # enrolled from a pipe: the model as `embed` was given it
+            ref = resolve_model(rec["label"], backend)
         else:
             try:
                 ref = resolve_model(None, backend)
@@ -176,6 +209,18 @@ def model_for_gallery(model: str | None, g: Gallery | None, backend: str = "auto
     if g is not None:
         gallery.check_model(g.model_sha256, ref.sha256, f"the gallery {g.path}", f"the model {ref.label}")
     return ref
+
+
+def _known(label: str) -> bool:
+    """Whether `--model label` names a model here: a file or folder, or a downloaded catalogue model."""
+    from spkid import catalogue
+
+    if Path(label).exists():
+        return True
+    try:
+        return catalogue.resolve(label) is not None
+    except SpkidError:
+        return False
 
 
 def choose_device(device: str) -> str:

@@ -28,10 +28,11 @@ class GalleryLock:
     Waiters poll until `wait_s` seconds have passed, then fail naming the holder.
     """
 
-    def __init__(self, gallery: str | Path, wait_s: float = LOCK_WAIT_S) -> None:
+    def __init__(self, gallery: str | Path, wait_s: float = LOCK_WAIT_S, what: str = "gallery") -> None:
         dst = real_path(gallery)  # one lock whether the folder is named through a symlink or not
         self.path = dst.parent / f".{dst.name}.lock"
         self.wait_s = wait_s
+        self.what = what  # the folder's kind, for the messages ("gallery", "model")
         self.fd: int | None = None
         self.created: list[Path] = []
 
@@ -51,10 +52,10 @@ class GalleryLock:
             if holder is None:
                 return
             if time.monotonic() > deadline:
-                raise SpkidError(f"{self.path}: the gallery is locked by {holder} for more than {self.wait_s:g} s; "
+                raise SpkidError(f"{self.path}: the {self.what} is locked by {holder} for more than {self.wait_s:g} s; "
                                  "wait for it to finish, or remove the lock file if no spkid runs there")
             if not told:
-                log.info("waiting for %s to finish updating the gallery (lock %s)", holder, self.path)
+                log.info("waiting for %s to finish updating the %s (lock %s)", holder, self.what, self.path)
                 told = True
             time.sleep(0.05)
 
@@ -65,7 +66,7 @@ class GalleryLock:
         except FileExistsError:
             return self._take_over_if_stale()
         except OSError as e:  # a read-only or foreign folder: the gallery could not be written either
-            raise SpkidError(f"{self.path}: cannot create the gallery's lock file ({e.strerror})") from None
+            raise SpkidError(f"{self.path}: cannot create the {self.what}'s lock file ({e.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # someone judged it stale between our create and flock: they hold it now

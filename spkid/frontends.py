@@ -5,7 +5,8 @@ signal preparation (`prepare`: e.g. volume normalisation) and its features (`com
 - `FeatureFrontend`: `spkid.features` (a `FeatureConfig`: fbank, mfcc, specdb, spectrogram);
 - `MelConfig` (kind "ge2e_mel"): resemblyzer's power Mel spectrogram, reproduced in numpy (`spkid.pretrained`
   runs the network behind it);
-- `spkid.kaldifbank.KaldiFbankConfig` (kind "kaldi-fbank"): Kaldi's log Mel filterbank (WeSpeaker, 3D-Speaker).
+- `spkid.kaldifbank.KaldiFbankConfig` (kind "kaldi-fbank"): Kaldi's log Mel filterbank (WeSpeaker, 3D-Speaker);
+- `spkid.sbfbank.SbFbankConfig` (kind "sb-fbank"): SpeechBrain's Fbank and its sentence mean removal.
 `frontend(raw)` builds the one a JSON config describes (the `FRONTENDS` registry for the kinds `spkid.features`
 does not compute); `read_feature_config` reads a `features.json`; `load_features` reads a `.npy` feature file and
 checks it against the `features.json` beside it. No torch.
@@ -211,8 +212,15 @@ def _kaldi_frontend(raw: dict[str, Any]) -> Frontend:
     return KaldiFbankConfig.from_dict(raw)
 
 
+def _sb_frontend(raw: dict[str, Any]) -> Frontend:
+    from spkid.sbfbank import SbFbankConfig
+
+    return SbFbankConfig.from_dict(raw)
+
+
 # Feature kinds that spkid.features does not compute: kind -> factory. Any other kind is a FeatureConfig.
-FRONTENDS: dict[str, Callable[[dict[str, Any]], Frontend]] = {MEL_KIND: MelConfig.from_dict, "kaldi-fbank": _kaldi_frontend}
+FRONTENDS: dict[str, Callable[[dict[str, Any]], Frontend]] = {MEL_KIND: MelConfig.from_dict, "kaldi-fbank": _kaldi_frontend,
+                                                               "sb-fbank": _sb_frontend}
 
 
 def frontend(raw: dict[str, Any], source: str = "model") -> Frontend:

@@ -2,12 +2,15 @@
 feature kind "kaldi-fbank", the front end of models trained on Kaldi-style features (WeSpeaker, 3D-Speaker).
 
 Kaldi's defaults with dither 0, as those models run at inference:
-- samples scaled to the 16-bit range (x * 32768, as Kaldi reads a WAV);
+- samples scaled by `sample_scale`: the 16-bit range by default (x * 32768, as Kaldi reads a WAV), 1.0 for
+  models that feed torchaudio's float samples straight in (3D-Speaker: quiet bins then reach the log floor);
 - frames of `win_len` every `win_step` seconds, their lengths in samples truncated (`int(0.025 * 16000)` = 400),
   with snip-edges: only whole frames, `1 + (n - len) // step` of them, none for a signal shorter than a frame;
 - per frame: the mean removed (DC offset), pre-emphasis inside the frame (`y[i] = x[i] - 0.97 x[i-1]`,
-  `y[0] = x[0] - 0.97 x[0]`), the Povey window (`(0.5 - 0.5 cos(2 pi i / (len - 1))) ** 0.85`), zero padding to the
-  next power of two (512 at 16 kHz), power spectrum;
+  `y[0] = x[0] - 0.97 x[0]`), the window (`window`: Kaldi's default "povey", `(0.5 - 0.5 cos(2 pi i / (len - 1)))
+  ** 0.85`; WeSpeaker's models take "hamming", `0.54 - 0.46 cos(2 pi i / (len - 1))`; also "hanning",
+  "rectangular" and "sine", as Kaldi defines them), zero padding to the next power of two (512 at 16 kHz), power
+  spectrum;
 - `n_filters` triangles evenly spaced on Kaldi's Mel scale (`1127 ln(1 + f / 700)`) between `low_freq` (20 Hz) and
   `high_freq` (<= 0: Nyquist + high_freq, so 0 is Nyquist), weighted in Mel over the FFT bins below Nyquist;
 - natural log of each energy floored at float32's epsilon (Kaldi's `ApplyFloor(FLT_EPSILON)`), so digital
@@ -30,9 +33,9 @@ import numpy as np
 
 from spkid.cmvn import Norm, normalize
 from spkid.errors import SpkidError
-from spkid.spectral import window
 
 KIND = "kaldi-fbank"
+WINDOWS = ("povey", "hamming", "hanning", "rectangular", "sine")  # Kaldi's `--window-type` names
 SAMPLE_SCALE = 32768.0  # float audio in [-1, 1) to Kaldi's 16-bit sample values
 FLOOR = float(np.finfo(np.float32).eps)  # Kaldi floors Mel energies at FLT_EPSILON before the log
 BLOCK_FRAMES = 1024
@@ -68,7 +71,8 @@ class KaldiFbankConfig:
 
     Units: `sample_rate` Hz, `win_len`/`win_step` seconds, `low_freq`/`high_freq` Hz (high_freq <= 0 counts down
     from Nyquist), `cmn_window` frames. `norm`: per-utterance normalisation after the log, as
-    `spkid.cmvn.normalize` (WeSpeaker and 3D-Speaker subtract the utterance mean: "cmn").
+    `spkid.cmvn.normalize` (WeSpeaker and 3D-Speaker subtract the utterance mean: "cmn"). `window`: one of
+    `WINDOWS` (module docstring).
     """
 
     kind: str = KIND
@@ -81,6 +85,8 @@ class KaldiFbankConfig:
     high_freq: float = 0.0
     norm: Norm = "none"
     cmn_window: int = 300
+    window: str = "povey"
+    sample_scale: float = SAMPLE_SCALE
 
     def __post_init__(self) -> None:
         from typing import get_args
@@ -92,7 +98,7 @@ class KaldiFbankConfig:
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
                 raise SpkidError(f"feature config ({KIND}): {name} must be an integer, got {value!r}")
             object.__setattr__(self, name, int(value))
-        for name in ("win_len", "win_step", "preemph", "low_freq", "high_freq"):
+        for name in ("win_len", "win_step", "preemph", "low_freq", "high_freq", "sample_scale"):
             value = getattr(self, name)
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
                 raise SpkidError(f"feature config ({KIND}): {name} must be a number, got {value!r}")
@@ -100,7 +106,10 @@ class KaldiFbankConfig:
         nyquist = self.sample_rate / 2
         problems = [
             (self.norm not in get_args(Norm), f"norm={self.norm!r}; choose from {', '.join(get_args(Norm))}"),
+            (self.window not in WINDOWS, f"window={self.window!r}; choose from {', '.join(WINDOWS)}"),
             (self.sample_rate <= 0, f"sample_rate must be > 0 Hz, got {self.sample_rate}"),
+            (not (math.isfinite(self.sample_scale) and self.sample_scale > 0),
+             f"sample_scale must be a finite number > 0, got {self.sample_scale}"),
             (self.n_filters < 3, f"n_filters must be >= 3 (Kaldi's minimum), got {self.n_filters}"),
             (self.cmn_window < 1, f"cmn_window must be >= 1 frame, got {self.cmn_window}"),
             (not math.isfinite(self.win_len) or self.frame_len < 2,
@@ -171,7 +180,7 @@ class KaldiFbankConfig:
         win, banks = _tables(self)
         for a in range(0, n, BLOCK_FRAMES):
             b = min(n, a + BLOCK_FRAMES)
-            seg = x[a * step : (b - 1) * step + flen].astype(np.float64) * SAMPLE_SCALE
+            seg = x[a * step : (b - 1) * step + flen].astype(np.float64) * self.sample_scale
             frames = np.lib.stride_tricks.sliding_window_view(seg, flen)[::step]
             frames = frames - frames.mean(axis=1, keepdims=True)
             if self.preemph:
@@ -192,8 +201,25 @@ def _samples(x: float) -> int:
 
 @functools.lru_cache(maxsize=8)
 def _tables(cfg: KaldiFbankConfig) -> tuple[np.ndarray, np.ndarray]:
-    return window("povey", cfg.frame_len), mel_banks(cfg.n_filters, cfg.fft_size, cfg.sample_rate, cfg.low_freq,
-                                                      cfg.top_freq)
+    banks = mel_banks(cfg.n_filters, cfg.fft_size, cfg.sample_rate, cfg.low_freq, cfg.top_freq)
+    return kaldi_window(cfg.window, cfg.frame_len), banks
+
+
+def kaldi_window(name: str, n: int) -> np.ndarray:
+    """Kaldi's analysis window `name` (one of `WINDOWS`) of `n` samples, float64 (`FeatureWindowFunction`)."""
+    if name == "rectangular":
+        return np.ones(n)
+    a = 2 * np.pi * np.arange(n) / max(n - 1, 1)
+    if name == "sine":
+        return np.sin(0.5 * a)
+    if name == "hamming":
+        return 0.54 - 0.46 * np.cos(a)
+    hann = 0.5 - 0.5 * np.cos(a)
+    if name == "hanning":
+        return hann
+    if name == "povey":
+        return hann**0.85
+    raise SpkidError(f"{KIND}: unknown window {name!r}; choose from {', '.join(WINDOWS)}")
 
 
 def fbank(signal: np.ndarray, sample_rate: int = 16000, **options: Any) -> np.ndarray:

@@ -243,8 +243,15 @@ def model_calibration(ref: ModelRef | None, spec: ModelSpec | None = None) -> Ca
 
 def save_calibrated(model_in: str | Path, model_out: str | Path, cal: Calibration) -> Path:
     """Copy the model file `model_in` to `model_out` with `cal` under "calibration" in its config (atomic write;
-    a `model_out` that exists keeps its permissions). Returns `model_out`."""
-    spec, state, _ = verify(model_in)  # the copy carries the identity on: it must be the right one
+    a `model_out` that exists keeps its permissions). Returns `model_out`. A published model of another toolkit
+    (`spkid.importers`: a folder, file or catalogue name) is written as a spkid model file, its identity unchanged."""
+    from spkid import embedding
+
+    ref = embedding.resolve_model(str(model_in), "torch")
+    if ref.family is not None:
+        spec, state = ref.weights()
+    else:
+        spec, state, _ = verify(ref.path)  # the copy carries the identity on: it must be the right one
     spec.calibration = cal.to_dict()
     out = Path(model_out)
     _write(out, spec, state, keep_mode=True)

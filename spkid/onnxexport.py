@@ -120,17 +120,25 @@ def check(net: nn.Module, data: bytes, feat_dim: int, source: str) -> float:
 
 
 def export(model: str | Path, output: str | Path) -> str:
-    """Write the ONNX form of `model` (a model file, or `resemblyzer`) to `output` atomically; returns its identity.
+    """Write the ONNX form of `model` (a model file, `resemblyzer`, or a published model of another toolkit: a
+    folder, file or catalogue name `spkid.importers` reads) to `output` atomically; returns its identity.
 
     A model file's stored identity is verified first (`modelfile.verify`): the ONNX file carries it on."""
-    from spkid import modelfile, pretrained
+    from spkid import embedding, modelfile, pretrained
     from spkid.fileio import atomic_write
 
     if str(model) == pretrained.NAME:
         net, spec = pretrained.load("cpu")
         sha = pretrained.sha256()
+    elif Path(model).suffix.lower() == ".onnx":
+        raise SpkidError(f"{model}: is an ONNX file already; give the model it was exported from")
     else:
-        spec, state, sha = modelfile.verify(model)
+        ref = embedding.resolve_model(str(model), "torch")
+        if ref.family is not None:
+            spec, state = ref.weights()
+            sha = ref.sha256
+        else:
+            spec, state, sha = modelfile.verify(ref.path)
         net = modelfile.build(spec, state, model, "cpu")
     feat_dim, embed_dim = int(net.feat_dim), int(net.embed_dim)
     data = to_onnx(net, feat_dim)

@@ -48,6 +48,8 @@ class OnnxMeta:
     sha256: str
     embed_dim: int
     data: bytes = field(repr=False)
+    input: str = INPUT  # the graph's input and output names
+    output: str = OUTPUT
 
 
 def _varint(buf: memoryview, i: int) -> tuple[int, int]:
@@ -63,16 +65,17 @@ def _varint(buf: memoryview, i: int) -> tuple[int, int]:
         shift += 7
 
 
-def fields(buf: memoryview) -> list[tuple[int, memoryview | None]]:
-    """The top-level (field number, bytes of a length-delimited field, else None) of a protobuf message."""
-    out = []
+def fields(buf: memoryview) -> list[tuple[int, memoryview | int | None]]:
+    """The top-level (field number, bytes of a length-delimited field, the value of a varint, else None) of a
+    protobuf message."""
+    out: list[tuple[int, memoryview | int | None]] = []
     i = 0
     while i < len(buf):
         key, i = _varint(buf, i)
         num, wire = key >> 3, key & 7
         if wire == 0:
-            _, i = _varint(buf, i)
-            out.append((num, None))
+            value, i = _varint(buf, i)
+            out.append((num, value))
         elif wire in (1, 5):
             i += 8 if wire == 1 else 4
             out.append((num, None))
@@ -108,7 +111,7 @@ def with_metadata(model: bytes, props: dict[str, str]) -> bytes:
 
 def graph_sha256(data: bytes | memoryview) -> str:
     """sha256 of the serialized graph (field 7) of the ONNX model `data`."""
-    graphs = [v for num, v in fields(memoryview(data)) if num == _GRAPH and v is not None]
+    graphs = [v for num, v in fields(memoryview(data)) if num == _GRAPH and isinstance(v, memoryview)]
     if len(graphs) != 1:
         raise ValueError("no graph")
     return hashlib.sha256(graphs[0]).hexdigest()
@@ -140,6 +143,8 @@ def read_meta(path: str | Path, verify: bool = False) -> OnnxMeta:
         props = metadata(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise SpkidError(f"{path}: not an ONNX model file ({e})") from None
+    if props.get("format") is None and (foreign := _wespeaker_meta(p, data)) is not None:
+        return foreign
     if props.get("format") != FORMAT:
         found = props.get("format")
         what = f"format {found!r}" if found else "no spkid model record"
@@ -163,6 +168,57 @@ def read_meta(path: str | Path, verify: bool = False) -> OnnxMeta:
                              f"{actual[:12]}..., recorded {props.get('graph_sha256', '')[:12]}...): the file was "
                              "altered after `spkid export` wrote it; export it again")
     return OnnxMeta(ModelSpec.from_json(props.get("config"), str(path)), sha, embed_dim, data)
+
+
+def graph_io(data: bytes | memoryview) -> tuple[list[tuple[str, list[int | str]]], list[tuple[str, list[int | str]]]]:
+    """The graph's inputs and outputs: (name, shape) each, a dimension its size or its symbolic name.
+
+    onnx.proto: GraphProto input = 11, output = 12; ValueInfoProto name = 1, type = 2; TypeProto tensor_type = 1;
+    Tensor shape = 2; TensorShapeProto dim = 1; Dimension dim_value = 1, dim_param = 2."""
+    graph = next((v for num, v in fields(memoryview(data)) if num == _GRAPH and isinstance(v, memoryview)), None)
+    if graph is None:
+        raise ValueError("no graph")
+
+    def sub(buf, num):
+        return [v for n, v in fields(buf) if n == num and isinstance(v, memoryview)]
+
+    def value_info(buf) -> tuple[str, list[int | str]]:
+        name = b"".join(bytes(v) for v in sub(buf, 1)).decode()
+        dims: list[int | str] = []
+        for t in sub(buf, 2):
+            for tensor in sub(t, 1):
+                for shape in sub(tensor, 2):
+                    for dim in sub(shape, 1):
+                        d = dict(fields(dim))
+                        dims.append(d[1] if isinstance(d.get(1), int) else bytes(d.get(2) or b"?").decode())
+        return name, dims
+
+    return [value_info(v) for v in sub(graph, 11)], [value_info(v) for v in sub(graph, 12)]
+
+
+def _wespeaker_meta(path: Path, data: bytes) -> OnnxMeta | None:
+    """The record of one of WeSpeaker's published ONNX files (input `feats` `(batch, frames, 80)`, output `embs`
+    `(batch, D)`), whose front end is WeSpeaker's: Kaldi fbank with a Hamming window, utterance mean removed. Its
+    identity is the sha256 of the file. None for other graphs."""
+    from spkid.kaldifbank import KaldiFbankConfig
+    from spkid.modelfile import ModelSpec
+
+    try:
+        inputs, outputs = graph_io(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    shapes_in, shapes_out = dict(inputs), dict(outputs)
+    feats, embs = shapes_in.get("feats"), shapes_out.get("embs")
+    if feats is None or embs is None or len(feats) != 3 or len(embs) != 2:
+        return None
+    feat_dim, embed_dim = feats[2], embs[1]
+    if not isinstance(feat_dim, int) or not isinstance(embed_dim, int):
+        return None
+    spec = ModelSpec(model={"name": "onnx", "kwargs": {"feat_dim": feat_dim, "embed_dim": embed_dim}},
+                     features=KaldiFbankConfig(n_filters=feat_dim, norm="cmn", window="hamming").to_dict(),
+                     embedding={"window_s": 0.0, "hop_s": 1.5, "min_s": 0.5},
+                     training={"source": f"WeSpeaker ONNX file {path.name}", "family": "WeSpeaker"})
+    return OnnxMeta(spec, hashlib.sha256(data).hexdigest(), embed_dim, data, input="feats", output="embs")
 
 
 def default_threads(jobs: int = 1) -> int:
@@ -196,6 +252,7 @@ class OnnxNet:
         meta = meta or read_meta(path)
         self.path = Path(path)
         self.spec, self.sha256, self.embed_dim = meta.spec, meta.sha256, meta.embed_dim
+        self.input, self.output = meta.input, meta.output
         self.feat_dim = int(meta.spec.model.get("kwargs", {}).get("feat_dim", 0)) or None
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads if threads > 0 else default_threads(jobs)
@@ -220,7 +277,7 @@ class OnnxNet:
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         """`(n, frames, feat_dim)` float32 -> `(n, embed_dim)` float32."""
         x = np.ascontiguousarray(windows, dtype=np.float32)
-        return self.session.run([OUTPUT], {INPUT: x})[0]
+        return self.session.run([self.output], {self.input: x})[0]
 
 
 def record(spec: ModelSpec, sha256: str, embed_dim: int, feat_dim: int, graph: str) -> dict[str, str]:

@@ -111,7 +111,8 @@ def test_refusals_and_skip_bad(tmp_path):
     assert usage.returncode == 2 and b"truncate frames" in usage.stderr
     proc = sh(f"spkid features {d}/good.wav -d {tmp_path}/o7 --model {tmp_path}/nope.pt")
     assert proc.returncode == 1 and proc.stderr.decode().strip() == \
-        f"spkid features: error: {tmp_path}/nope.pt: no such model file (give a `spkid train` output, or `resemblyzer`)"
+        f"spkid features: error: {tmp_path}/nope.pt: no such model file or folder, nor a model of `spkid models` (give a " \
+        "`spkid train` output, a published model folder, a catalogue name, or `resemblyzer`)"
     assert not (tmp_path / "o7").exists()
 
 

@@ -287,7 +287,7 @@ def test_real_speech(system, tmp_path: Path, capsys):
 ERRORS = [
     (["embed", "{x}/nope.wav", "-m", "{tiny}"], 1, "{x}/nope.wav: no such file"),
     (["embed", "{a}", "-m", "{x}/nope.pt"], 1, "{x}/nope.pt: no such model file"),
-    (["embed", "{a}", "-m", "{x}"], 1, "is a directory, expected a model file"),
+    (["embed", "{a}", "-m", "{x}"], 1, "not a model spkid knows; expected a spkid model file"),
     (["embed", "{a}", "-m", "{tiny}", "--device", "tpu"], 2, "Invalid value"),
     (["enroll", "-g", "{x}/nope", "--list"], 1, "{x}/nope: no such gallery; build one with `spkid enroll LIST -g {x}/nope`"),
     (["enroll", "--from-embeddings", "{plain}", "-g", "{x}/g2"], 1, "the embeddings record no model; pass --model FILE"),

@@ -169,7 +169,7 @@ def test_resolve_model_errors(tmp_path: Path, monkeypatch):
         embedding.resolve_model(None)
     with pytest.raises(SpkidError, match="nope.pt: no such model file"):
         embedding.resolve_model(str(tmp_path / "nope.pt"))
-    with pytest.raises(SpkidError, match="is a directory"):
+    with pytest.raises(SpkidError, match="not a model spkid knows"):
         embedding.resolve_model(str(tmp_path))
 
 

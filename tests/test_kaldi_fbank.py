@@ -15,19 +15,20 @@ from conftest import clip_files, sh
 from spkid import frontends, streams
 from spkid.errors import SpkidError
 from spkid.features import Kind
-from spkid.kaldifbank import FLOOR, KIND, KaldiFbankConfig, fbank, mel_banks
+from spkid.kaldifbank import FLOOR, KIND, WINDOWS, KaldiFbankConfig, fbank, mel_banks
 
 knf = pytest.importorskip("kaldi_native_fbank", reason="kaldi-native-fbank is in the `test` extra: "
                           "pip install -e '.[test]'")
 
 
-def reference(x: np.ndarray, sr: int = 16000, n_filters: int = 80, low: float = 20.0, high: float = 0.0) -> np.ndarray:
+def reference(x: np.ndarray, sr: int = 16000, n_filters: int = 80, low: float = 20.0, high: float = 0.0,
+              window: str = "povey") -> np.ndarray:
     """kaldi-native-fbank with Kaldi's defaults and dither 0, on 16-bit-scaled samples."""
     opts = knf.FbankOptions()
     opts.frame_opts.samp_freq = sr
     opts.frame_opts.dither = 0.0
     opts.frame_opts.snip_edges = True
-    opts.frame_opts.window_type = "povey"
+    opts.frame_opts.window_type = window
     opts.frame_opts.preemph_coeff = 0.97
     opts.frame_opts.remove_dc_offset = True
     opts.mel_opts.num_bins = n_filters
@@ -62,6 +63,20 @@ def test_other_settings_equal_too(n_filters: int, low: float, high: float):
     np.testing.assert_allclose(mine[above], ref[above], atol=1e-3, rtol=0)
 
 
+@pytest.mark.parametrize("window", [w for w in WINDOWS if w != "povey"])
+def test_other_windows_equal_too(window: str):
+    """WeSpeaker's models take the Hamming window (`window_type='hamming'`); the others Kaldi has are equal too."""
+    x, sr = sf.read(clip_files("probe")[1], dtype="float32")
+    x = x[: 3 * sr]
+    ref = reference(x, sr, window=window)
+    mine = fbank(x, sr, window=window)
+    assert mine.shape == ref.shape
+    above = ref > np.log(FLOOR) + 1e-4
+    assert above.mean() > 0.99
+    np.testing.assert_allclose(mine[above], ref[above], atol=1e-3, rtol=0)
+    assert not np.allclose(mine, fbank(x, sr), atol=1e-2)  # the window matters
+
+
 def test_snip_edges_and_floor():
     cfg = KaldiFbankConfig()
     assert (cfg.frame_len, cfg.frame_step, cfg.fft_size) == (400, 160, 512)
@@ -74,7 +89,7 @@ def test_snip_edges_and_floor():
 
 
 def test_config_checks_and_registry():
-    assert get_args(Kind) + (KIND,) == get_args(__import__("spkid.cli.features", fromlist=["KindChoice"]).KindChoice)
+    assert get_args(Kind) + (KIND, "sb-fbank") == get_args(__import__("spkid.cli.features", fromlist=["KindChoice"]).KindChoice)
     front = frontends.frontend({"kind": "kaldi-fbank", "n_filters": 40, "norm": "cmn"})
     assert isinstance(front, KaldiFbankConfig) and front.dims == 40 and front.frame_step == 160
     assert KaldiFbankConfig.from_dict(front.to_dict()) == front
@@ -82,6 +97,9 @@ def test_config_checks_and_registry():
         frontends.frontend({"kind": "kaldi-fbank", "n_fliters": 40})
     with pytest.raises(SpkidError, match="low_freq"):
         KaldiFbankConfig(low_freq=9000.0)
+    with pytest.raises(SpkidError, match="window='hann'; choose from povey, hamming"):
+        KaldiFbankConfig(window="hann")
+    assert KaldiFbankConfig.from_dict({"kind": "kaldi-fbank"}).window == "povey"  # files written before the field
 
 
 def test_cli_features_kind_kaldi_fbank(tmp_path: Path):

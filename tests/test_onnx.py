@@ -227,7 +227,9 @@ def test_spkid_export_writes_the_onnx_form_beside_the_model(tmp_path: Path):
     assert out.returncode == 0, out.stderr.decode()
     assert out.stdout == b"" and onnxnet.read_meta(tmp_path / "m.onnx", verify=True).sha256 == modelfile.sha256(model)
     out = sh(f"spkid export {tmp_path / 'nope.pt'} -o {tmp_path / 'x.onnx'}")
-    assert out.returncode == 1 and out.stderr.decode() == f"spkid export: error: {tmp_path / 'nope.pt'}: no such model file\n"
+    assert out.returncode == 1 and out.stderr.decode() == f"spkid export: error: {tmp_path / 'nope.pt'}: no such model file or folder, " \
+        "nor a model of `spkid models` (give a `spkid train` output, a published model folder, a catalogue name, " \
+        "or `resemblyzer`)\n"
     out = sh(f"spkid export {model} -o {model}")
     assert out.returncode == 1 and b"would overwrite the model file" in out.stderr and modelfile.verify(model)
 

@@ -58,13 +58,13 @@ def root(
 
 
 # Subcommands, in pipeline order (this is also the order of `spkid --help`).
-from spkid.cli import convert, embed, enroll, export, features, identify, score, train, vad, verify  # noqa: E402
+from spkid.cli import convert, embed, enroll, export, features, identify, models, score, train, vad, verify  # noqa: E402
 
-for _module in (convert, vad, features, train, export, embed, enroll, verify, identify, score):
+for _module in (convert, vad, features, train, export, embed, enroll, verify, identify, score, models):
     app.add_typer(_module.app)
 
 COMPLETE_VAR = "_SPKID_COMPLETE"
-COMMANDS = ("convert", "vad", "features", "train", "export", "embed", "enroll", "verify", "identify", "score")
+COMMANDS = ("convert", "vad", "features", "train", "export", "embed", "enroll", "verify", "identify", "score", "models")
 
 
 def _command_name(args: list[str]) -> str:

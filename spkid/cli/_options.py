@@ -42,9 +42,11 @@ OutputOpt = Annotated[str | None, typer.Option("--output", "-o", metavar="FILE",
 
 ModelOpt = Annotated[
     str | None,
-    typer.Option("--model", "-m", metavar="FILE|resemblyzer",
-                 help="Model file written by `spkid train`, or `resemblyzer` (pretrained GE2E encoder; needs "
-                      "`pip install 'spkid[pretrained]'`). Default: the model a -g gallery records, else the bundled one."),
+    typer.Option("--model", "-m", metavar="MODEL|resemblyzer",
+                 help="Model file written by `spkid train` (or its .onnx), a published model of WeSpeaker, "
+                      "SpeechBrain, 3D-Speaker or pyannote (its folder or file, or a `spkid models` name once pulled), "
+                      "or `resemblyzer` (pretrained GE2E encoder; needs `pip install 'spkid[pretrained]'`). "
+                      "Default: the model a -g gallery records, else the bundled one."),
 ]
 DeviceOpt = Annotated[Literal["auto", "cpu", "cuda"], typer.Option("--device", help="auto = CUDA when available, else CPU.")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", min=0, metavar="N", help="CPU threads of the network (0: torch's default; onnxruntime: the cores divided by -j).")]

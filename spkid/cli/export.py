@@ -15,7 +15,8 @@ app = typer.Typer(rich_markup_mode=None)
 @app.command()
 def export(
     model: Annotated[str, typer.Argument(metavar="MODEL",
-                                         help="Model file written by `spkid train`, or `resemblyzer`.")],
+                                         help="Model file written by `spkid train`, `resemblyzer`, or a published "
+                                              "model of another toolkit (a folder, file or `spkid models` name).")],
     output: Annotated[str | None, typer.Option("--output", "-o", metavar="FILE.onnx",
                                                help="The ONNX file to write (default: MODEL with the suffix .onnx, "
                                                     "beside it).")] = None,
@@ -32,6 +33,7 @@ def export(
     Examples:
       spkid export model.pt                      # writes model.onnx; `-m model.pt` now runs it
       spkid export resemblyzer -o ge2e.onnx
+      spkid export voxceleb_resnet34_LM/ -o resnet34.onnx    # a WeSpeaker model folder
     """
     if output is None:
         if model == "resemblyzer":

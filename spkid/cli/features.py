@@ -24,13 +24,18 @@ app = typer.Typer(rich_markup_mode=None)
 
 _D = FeatureConfig()
 CONFIG_NAME = "features.json"
-KindChoice = Literal["fbank", "mfcc", "specdb", "spectrogram", "kaldi-fbank"]  # Kind and spkid.kaldifbank's KIND
+KindChoice = Literal["fbank", "mfcc", "specdb", "spectrogram", "kaldi-fbank", "sb-fbank"]  # Kind, kaldifbank's and sbfbank's KIND
 # what kaldi-fbank takes from the options when they are given (else Kaldi's defaults); the others do not apply to it
 KALDI_OPTIONS = {"rate": "sample_rate", "n_filters": "n_filters", "win_len": "win_len", "win_step": "win_step",
                  "preemph": "preemph", "low_freq": "low_freq", "high_freq": "high_freq", "norm": "norm",
                  "cmn_window": "cmn_window"}
 NOT_KALDI = {"n_ceps": "--n-ceps", "lifter": "--lifter", "append_energy": "--append-energy", "nfft": "--nfft",
              "window": "--window", "log_type": "--log", "backend": "--backend"}
+# what sb-fbank (SpeechBrain's Fbank) takes from the options when they are given (else SpeechBrain's defaults)
+SB_OPTIONS = {"rate": "sample_rate", "n_filters": "n_filters", "win_len": "win_len", "win_step": "win_step",
+              "nfft": "nfft", "low_freq": "low_freq", "high_freq": "high_freq", "norm": "norm", "cmn_window": "cmn_window"}
+NOT_SB = {"n_ceps": "--n-ceps", "lifter": "--lifter", "append_energy": "--append-energy", "preemph": "--preemph",
+          "window": "--window", "log_type": "--log", "backend": "--backend"}
 
 
 @dataclass(frozen=True)
@@ -130,17 +135,35 @@ def _kaldi_config(ctx: typer.Context, values: dict[str, Any]) -> Any:
     """kaldi-fbank's config: Kaldi's defaults, replaced by the options given on the command line."""
     from spkid.kaldifbank import KaldiFbankConfig
 
+    return _toolkit_config(ctx, values, KaldiFbankConfig, KALDI_OPTIONS, NOT_KALDI,
+                           "Kaldi's Povey window, 512-point FFT and natural log are fixed")
+
+
+def _sb_config(ctx: typer.Context, values: dict[str, Any]) -> Any:
+    """sb-fbank's config: SpeechBrain's Fbank defaults, replaced by the options given on the command line."""
+    from spkid.sbfbank import SbFbankConfig
+
+    return _toolkit_config(ctx, values, SbFbankConfig, SB_OPTIONS, NOT_SB,
+                           "SpeechBrain's Hamming window, no pre-emphasis and dB scale are fixed")
+
+
+def _toolkit_config(ctx: typer.Context, values: dict[str, Any], cls: Any, options: dict[str, str],
+                    not_options: dict[str, str], fixed: str) -> Any:
+    """A toolkit front end's config (`cls`): its defaults, replaced by the `options` given on the command line;
+    any of `not_options` given is a usage error."""
+    kind = cls.kind
+
     def given(name: str) -> bool:
         source = ctx.get_parameter_source(name)
         return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
-    if wrong := [flag for name, flag in NOT_KALDI.items() if given(name)]:
-        raise typer.BadParameter(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to --kind kaldi-fbank (Kaldi's Povey window, "
-                                 "512-point FFT and natural log are fixed)", param_hint="--kind")
+    if wrong := [flag for name, flag in not_options.items() if given(name)]:
+        raise typer.BadParameter(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to --kind {kind} ({fixed})",
+                                 param_hint="--kind")
     try:
-        return KaldiFbankConfig(**{field: values[name] for name, field in KALDI_OPTIONS.items() if given(name)})
+        return cls(**{field: values[name] for name, field in options.items() if given(name)})
     except SpkidError as e:
-        raise typer.BadParameter(str(e).removeprefix("feature config (kaldi-fbank): ")) from None
+        raise typer.BadParameter(str(e).removeprefix(f"feature config ({kind}): ")) from None
 
 
 @app.command()
@@ -148,7 +171,7 @@ def features(
     ctx: typer.Context,
     inputs: InputsArg = None,
     out_dir: OutDirOpt = ...,
-    kind: Annotated[KindChoice, typer.Option("--kind", "-k", help="fbank: log Mel filterbank; mfcc; specdb: log |spectrum|; spectrogram: |spectrum|; kaldi-fbank: Kaldi's fbank (80 filters from 20 Hz, Povey window, dither 0, snip-edges, ln; of the options below it takes -r, -n, --win-len, --win-step, --preemph, --low-freq, --high-freq, --norm, --cmn-window).")] = _D.kind,
+    kind: Annotated[KindChoice, typer.Option("--kind", "-k", help="fbank: log Mel filterbank; mfcc; specdb: log |spectrum|; spectrogram: |spectrum|; kaldi-fbank: Kaldi's fbank (80 filters from 20 Hz, Povey window, dither 0, snip-edges, ln; of the options below it takes -r, -n, --win-len, --win-step, --preemph, --low-freq, --high-freq, --norm, --cmn-window); sb-fbank: SpeechBrain's Fbank (80 filters, centred 25 ms Hamming frames, 400-point FFT, dB floored 80 dB below the peak; it takes -r, -n, --win-len, --win-step, --nfft, --low-freq, --high-freq, --norm, --cmn-window; SpeechBrain's speaker models use --norm cmn).")] = _D.kind,
     n_filters: Annotated[int, typer.Option("--n-filters", "-n", min=1, metavar="N", help="Mel filters (fbank, mfcc).")] = _D.n_filters,
     n_ceps: Annotated[int, typer.Option("--n-ceps", min=1, metavar="N", help="MFCC coefficients kept.")] = _D.n_ceps,
     lifter: Annotated[int, typer.Option("--lifter", min=0, metavar="L", help="MFCC cepstral lifter (psf's ceplifter; 0 = off).")] = _D.lifter,
@@ -189,6 +212,7 @@ def features(
       spkid convert -d conv < raw.txt | spkid vad --trim -d voiced | spkid features -d feats > feats.txt
       spkid features wavs.txt -d mfcc --kind mfcc --n-filters 40 --n-ceps 20 --norm cmvn -j 4
       spkid features data/train -d fbank80 --kind kaldi-fbank --norm cmn    # a Kaldi data folder (wav.scp)
+      spkid features wavs.txt -d sbfbank --kind sb-fbank --norm cmn         # SpeechBrain's ECAPA front end
       spkid vad wavs.txt 32000 > vad.npy && spkid features wavs.txt --vad vad.npy -d feats --norm sliding
       spkid features train.txt -d mel --model resemblyzer | spkid train -m lstm_ge2e --init resemblyzer -o ft.pt
     """
@@ -196,6 +220,8 @@ def features(
         cfg = _model_config(model)
     elif kind == "kaldi-fbank":
         cfg = _kaldi_config(ctx, locals())
+    elif kind == "sb-fbank":
+        cfg = _sb_config(ctx, locals())
     else:
         try:
             cfg = FeatureConfig(kind=kind, sample_rate=rate, n_filters=n_filters, win_len=win_len, win_step=win_step,

@@ -129,7 +129,17 @@ def _resolve_init(init: str | None) -> str | None:
         from spkid import pretrained
 
         return str(pretrained.model_file())
+    if init is not None and (Path(init).is_dir() or (Path(init).is_file() and _published(init))):
+        raise SpkidError(f"--init {init}: fine-tuning a published model of another toolkit is not supported "
+                         "(spkid trains only its own architectures); use it with --model in embed, enroll, verify "
+                         "and identify, and calibrate it with `spkid score --calibrate --model-out`")
     return init
+
+
+def _published(path: str) -> bool:
+    from spkid import importers, modelfile
+
+    return modelfile.header(path) is None and importers.detect(path) is not None
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from spkid.models.ecapa_tdnn import ECAPATDNN
 from spkid.models.ge2e_lstm import LSTMGE2E
 from spkid.models.resnet import ResNet34
 from spkid.models.thin_resnet import ThinResNet
+from spkid.models import campplus, eres2net, sb_ecapa, wespeaker
 
 MODELS: dict[str, type[nn.Module]] = {
     "blstm": BLSTM,
@@ -48,12 +49,18 @@ SMALL: dict[str, dict[str, Any]] = {
 }
 
 
+# The networks of published encoders of other toolkits (`spkid.importers` reads their weights into these): built
+# from model files like the others, but not offered to `spkid train` as architectures to train from scratch.
+IMPORTED: dict[str, type[nn.Module]] = {**wespeaker.MODELS, **campplus.MODELS, **eres2net.MODELS, **sb_ecapa.MODELS}
+
+
 def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Build architecture `name` with the constructor keywords `kwargs`; an unknown name or keyword is a SpkidError."""
-    if name not in MODELS:
+    cls = MODELS.get(name) or IMPORTED.get(name)
+    if cls is None:
         raise SpkidError(f"unknown model {name!r}; choose from: {', '.join(MODELS)}")
     try:
-        return MODELS[name](**kwargs)
+        return cls(**kwargs)
     except TypeError as e:
         raise SpkidError(f"model {name!r}: {e}; check the model options in the training config") from e
 
