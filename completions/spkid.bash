@@ -58,7 +58,7 @@ _spkid_completion() {
                 -m|--model) compopt -o filenames 2>/dev/null; local IFS=$'\n'; COMPREPLY=($(compgen -W $'resemblyzer' -- "$cur"; compgen -f -- "$cur")); return 0 ;;
             esac
             case $cur in
-                -*) COMPREPLY=($(compgen -W '-d --out-dir -k --kind -n --n-filters --n-ceps --lifter --append-energy -r --rate --win-len --win-step --nfft --preemph --low-freq --high-freq -w --window --log --norm --cmn-window --vad --backend -m --model --root -j --jobs --shard --skip-bad --overwrite --label-depth -h --help' -- "$cur")) ;;
+                -*) COMPREPLY=($(compgen -W '-d --out-dir -k --kind -n --n-filters --n-ceps --lifter --append-energy -r --rate --win-len --win-step --nfft --preemph --low-freq --high-freq -w --window --log --norm --cmn-window --vad --backend -m --model --root -j --jobs --shard --skip-bad --overwrite --label-depth --allow-commands -h --help' -- "$cur")) ;;
                 *) compopt -o default 2>/dev/null ;;
             esac ;;
         train)
@@ -92,7 +92,7 @@ _spkid_completion() {
                 --format) COMPREPLY=($(compgen -W 'npy kaldi' -- "$cur")); return 0 ;;
             esac
             case $cur in
-                -*) COMPREPLY=($(compgen -W '-m --model -o --output --window --hop --no-vad --device --backend --threads -b --batch-size -j --jobs --shard --skip-bad --format -h --help' -- "$cur")) ;;
+                -*) COMPREPLY=($(compgen -W '-m --model -o --output --window --hop --no-vad --device --backend --threads -b --batch-size -j --jobs --shard --skip-bad --allow-commands --format -h --help' -- "$cur")) ;;
                 *) compopt -o default 2>/dev/null ;;
             esac ;;
         enroll)
@@ -106,7 +106,7 @@ _spkid_completion() {
                 --backend) COMPREPLY=($(compgen -W 'auto torch onnx' -- "$cur")); return 0 ;;
             esac
             case $cur in
-                -*) COMPREPLY=($(compgen -W '-g --gallery -m --model --from-embeddings --labels -s --speaker --label-depth --aggregation --remove --list --threshold --min-speech --window --hop --no-vad --device --backend --threads -b --batch-size -j --jobs --skip-bad --wait --index --shard -h --help' -- "$cur")) ;;
+                -*) COMPREPLY=($(compgen -W '-g --gallery -m --model --from-embeddings --labels -s --speaker --label-depth --aggregation --remove --list --threshold --min-speech --window --hop --no-vad --device --backend --threads -b --batch-size -j --jobs --skip-bad --allow-commands --wait --index --shard -h --help' -- "$cur")) ;;
                 *) compopt -o default 2>/dev/null ;;
             esac ;;
         verify)
@@ -136,7 +136,7 @@ _spkid_completion() {
                 --backend) COMPREPLY=($(compgen -W 'auto torch onnx' -- "$cur")); return 0 ;;
             esac
             case $cur in
-                -*) COMPREPLY=($(compgen -W '-g --gallery --in -m --model -k --top-k --json -t --threshold --operating-point --cohort --score-by --from-embeddings --label-depth --min-speech --window --hop --no-vad --device --backend --threads -b --batch-size -j --jobs --skip-bad --exact --nprobe --candidates -h --help' -- "$cur")) ;;
+                -*) COMPREPLY=($(compgen -W '-g --gallery --in -m --model -k --top-k --json -t --threshold --operating-point --cohort --score-by --from-embeddings --label-depth --min-speech --window --hop --no-vad --device --backend --threads -b --batch-size -j --jobs --skip-bad --allow-commands --exact --nprobe --candidates -h --help' -- "$cur")) ;;
                 *) compopt -o default 2>/dev/null ;;
             esac ;;
         score)

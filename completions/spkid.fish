@@ -78,6 +78,7 @@ complete -c spkid -n '__fish_seen_subcommand_from features' -l shard -x -d 'Proc
 complete -c spkid -n '__fish_seen_subcommand_from features' -l skip-bad -d 'Warn about and skip unreadable items instead of failing (exit 1 only if all fail)'
 complete -c spkid -n '__fish_seen_subcommand_from features' -l overwrite -d 'Redo outputs that exist already (default: keep them, so a rerun resumes)'
 complete -c spkid -n '__fish_seen_subcommand_from features' -l label-depth -x -d 'Without a LABEL column, the speaker is this ancestor folder'\''s name (1 = parent; LibriSpeech/VoxCeleb: 2)'
+complete -c spkid -n '__fish_seen_subcommand_from features' -l allow-commands -d 'Run the piped commands of a Kaldi wav.scp (`UTT CMD |` lines) with `sh -c` in the current folder and read the audio they write to stdout (refused without it)'
 complete -c spkid -n '__fish_seen_subcommand_from features' -s h -l help -d 'Show this message and exit'
 complete -c spkid -n '__fish_seen_subcommand_from features' -F
 
@@ -122,6 +123,7 @@ complete -c spkid -n '__fish_seen_subcommand_from embed' -s b -l batch-size -x -
 complete -c spkid -n '__fish_seen_subcommand_from embed' -s j -l jobs -x -d 'Parallel worker processes (joblib)'
 complete -c spkid -n '__fish_seen_subcommand_from embed' -l shard -x -d 'Process only every N-th entry starting at the I-th (1-based)'
 complete -c spkid -n '__fish_seen_subcommand_from embed' -l skip-bad -d 'Warn about and skip unreadable items instead of failing (exit 1 only if all fail)'
+complete -c spkid -n '__fish_seen_subcommand_from embed' -l allow-commands -d 'Run the piped commands of a Kaldi wav.scp (`UTT CMD |` lines) with `sh -c` in the current folder and read the audio they write to stdout (refused without it)'
 complete -c spkid -n '__fish_seen_subcommand_from embed' -l format -x -a 'npy kaldi' -d 'npy: the keyed matrix'
 complete -c spkid -n '__fish_seen_subcommand_from embed' -s h -l help -d 'Show this message and exit'
 complete -c spkid -n '__fish_seen_subcommand_from embed' -F
@@ -146,6 +148,7 @@ complete -c spkid -n '__fish_seen_subcommand_from enroll' -l threads -x -d 'CPU 
 complete -c spkid -n '__fish_seen_subcommand_from enroll' -s b -l batch-size -x -d 'Windows per forward pass (results do not depend on it)'
 complete -c spkid -n '__fish_seen_subcommand_from enroll' -s j -l jobs -x -d 'Parallel worker processes (joblib)'
 complete -c spkid -n '__fish_seen_subcommand_from enroll' -l skip-bad -d 'Warn about and skip unreadable items instead of failing (exit 1 only if all fail)'
+complete -c spkid -n '__fish_seen_subcommand_from enroll' -l allow-commands -d 'Run the piped commands of a Kaldi wav.scp (`UTT CMD |` lines) with `sh -c` in the current folder and read the audio they write to stdout (refused without it)'
 complete -c spkid -n '__fish_seen_subcommand_from enroll' -l wait -x -d 'How long to wait for another enroll holding the gallery'\''s lock'
 complete -c spkid -n '__fish_seen_subcommand_from enroll' -l index -d 'Build the gallery'\''s search index now, whatever its size (it is built by itself from 200,000 rows, and kept up to date on every change once there)'
 complete -c spkid -n '__fish_seen_subcommand_from enroll' -l shard -x -d 'Enroll only the speakers of shard I of N (split by a hash of the name, so each speaker lands in one shard)'
@@ -199,6 +202,7 @@ complete -c spkid -n '__fish_seen_subcommand_from identify' -l threads -x -d 'CP
 complete -c spkid -n '__fish_seen_subcommand_from identify' -s b -l batch-size -x -d 'Windows per forward pass (results do not depend on it)'
 complete -c spkid -n '__fish_seen_subcommand_from identify' -s j -l jobs -x -d 'Parallel worker processes (joblib)'
 complete -c spkid -n '__fish_seen_subcommand_from identify' -l skip-bad -d 'Warn about and skip unreadable items instead of failing (exit 1 only if all fail)'
+complete -c spkid -n '__fish_seen_subcommand_from identify' -l allow-commands -d 'Run the piped commands of a Kaldi wav.scp (`UTT CMD |` lines) with `sh -c` in the current folder and read the audio they write to stdout (refused without it)'
 complete -c spkid -n '__fish_seen_subcommand_from identify' -l exact -d 'Score every enrolled row, even where the gallery has a search index'
 complete -c spkid -n '__fish_seen_subcommand_from identify' -l nprobe -x -d 'With a search index: index cells to scan per clip (default the index'\''s; more is slower and nearer to exact)'
 complete -c spkid -n '__fish_seen_subcommand_from identify' -l candidates -x -d 'With a search index: rows it proposes per clip, then scored exactly (default 128)'

@@ -118,6 +118,7 @@ _spkid() {
                         '(--skip-bad)--skip-bad[Warn about and skip unreadable items instead of failing (exit 1 only if all fail)]' \
                         '(--overwrite)--overwrite[Redo outputs that exist already (default\: keep them, so a rerun resumes)]' \
                         '(--label-depth)--label-depth=[Without a LABEL column, the speaker is this ancestor folder'\''s name (1 = parent; LibriSpeech/VoxCeleb\: 2)]:N: ' \
+                        '(--allow-commands)--allow-commands[Run the piped commands of a Kaldi wav.scp (`UTT CMD |` lines) with `sh -c` in the current folder and read the audio they write to stdout (refused without it)]' \
                         '(-h --help)-h[Show this message and exit]' \
                         '(-h --help)--help[Show this message and exit]' \
                         '*:INPUT:_files' \
@@ -181,6 +182,7 @@ _spkid() {
                         '(-j --jobs)--jobs=[Parallel worker processes (joblib)]:N: ' \
                         '(--shard)--shard=[Process only every N-th entry starting at the I-th (1-based)]:I/N: ' \
                         '(--skip-bad)--skip-bad[Warn about and skip unreadable items instead of failing (exit 1 only if all fail)]' \
+                        '(--allow-commands)--allow-commands[Run the piped commands of a Kaldi wav.scp (`UTT CMD |` lines) with `sh -c` in the current folder and read the audio they write to stdout (refused without it)]' \
                         '(--format)--format=[npy\: the keyed matrix]:FMT:(npy kaldi)' \
                         '(-h --help)-h[Show this message and exit]' \
                         '(-h --help)--help[Show this message and exit]' \
@@ -213,6 +215,7 @@ _spkid() {
                         '(-j --jobs)-j+[Parallel worker processes (joblib)]:N: ' \
                         '(-j --jobs)--jobs=[Parallel worker processes (joblib)]:N: ' \
                         '(--skip-bad)--skip-bad[Warn about and skip unreadable items instead of failing (exit 1 only if all fail)]' \
+                        '(--allow-commands)--allow-commands[Run the piped commands of a Kaldi wav.scp (`UTT CMD |` lines) with `sh -c` in the current folder and read the audio they write to stdout (refused without it)]' \
                         '(--wait)--wait=[How long to wait for another enroll holding the gallery'\''s lock]:SECONDS: ' \
                         '(--index)--index[Build the gallery'\''s search index now, whatever its size (it is built by itself from 200,000 rows, and kept up to date on every change once there)]' \
                         '(--shard)--shard=[Enroll only the speakers of shard I of N (split by a hash of the name, so each speaker lands in one shard)]:I/N: ' \
@@ -287,6 +290,7 @@ _spkid() {
                         '(-j --jobs)-j+[Parallel worker processes (joblib)]:N: ' \
                         '(-j --jobs)--jobs=[Parallel worker processes (joblib)]:N: ' \
                         '(--skip-bad)--skip-bad[Warn about and skip unreadable items instead of failing (exit 1 only if all fail)]' \
+                        '(--allow-commands)--allow-commands[Run the piped commands of a Kaldi wav.scp (`UTT CMD |` lines) with `sh -c` in the current folder and read the audio they write to stdout (refused without it)]' \
                         '(--exact)--exact[Score every enrolled row, even where the gallery has a search index]' \
                         '(--nprobe)--nprobe=[With a search index\: index cells to scan per clip (default the index'\''s; more is slower and nearer to exact)]:N: ' \
                         '(--candidates)--candidates=[With a search index\: rows it proposes per clip, then scored exactly (default 128)]:N: ' \

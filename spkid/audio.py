@@ -4,16 +4,25 @@ soundfile (libsndfile) reads WAV, FLAC, OGG/Vorbis, MP3, AIFF and NIST SPHERE (T
 cannot read (m4a, aac, mp4, opus, webm, wma) are decoded by an `ffmpeg` subprocess when one is on PATH.
 Every failure is a `SpkidError` naming the file. Audio held in memory (stdin's bytes) is read as a `Clip`, and
 named pipes (`/dev/stdin`, `<(arecord ...)`) are read whole first: `read` accepts a path or a Clip, and so does
-every reader built on it (`load`, `load_expected`, `utterance.Preparer.prepare_file`).
+every reader built on it (`load`, `load_expected`, `load_segment`, `utterance.Preparer.prepare_file`).
+
+A Kaldi `wav.scp` piped command (`UTT CMD |`) is run here, and only here: `source(entry)` runs it for an entry that
+`lists.kaldi_entries` marked `command=True`, which it does only when the user passed `--allow-commands`. The
+permission is a field of the entry, so it reaches `-j` worker processes with the entries they are given; nothing
+else (no global, no environment variable) makes spkid run a command.
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import os
 import shutil
+import signal
 import struct
 import subprocess
+import tempfile
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -24,7 +33,7 @@ import soundfile as sf
 
 from spkid.errors import SpkidError
 from spkid.fileio import atomic_path
-from spkid.lists import FFMPEG_SUFFIXES, LIST_SUFFIXES
+from spkid.lists import FFMPEG_SUFFIXES, LIST_SUFFIXES, Entry, plural, printable
 
 FORMATS = {"flac": ("FLAC", ".flac"), "wav": ("WAV", ".wav")}
 
@@ -135,6 +144,93 @@ def read(path: str | Path | Clip) -> tuple[np.ndarray, int]:
     except (RuntimeError, ValueError, TypeError, MemoryError) as e:
         raise AudioError(f"{path}: cannot decode audio ({_short(e)})") from None
     return _checked(path, data, int(sr))
+
+
+COMMAND_TIMEOUT_S = 600.0  # a wav.scp command still running after 10 minutes is taken to be stuck
+COMMAND_MAX_BYTES = 2 << 30  # 2 GiB of output (18 h of 16 kHz 16-bit mono): read whole into memory
+
+
+def source(entry: Entry) -> str | Clip:
+    """What to decode for a list entry: its path, or, for a `wav.scp` piped command (a `lists.KaldiEntry` with
+    `command=True`, made only under `--allow-commands`), the `Clip` of what that command writes (`run_command`).
+    The segments of one piped recording share one run when they come one after another."""
+    if not getattr(entry, "command", False):
+        return entry.path
+    return run_command(entry.path, entry.key, keep=getattr(entry, "start", None) is not None)
+
+
+_last_run: tuple[str, Clip] | None = None  # the last command's output, kept for the next segment of its recording
+
+
+def run_command(command: str, name: str, *, keep: bool = False, timeout: float = COMMAND_TIMEOUT_S,
+                max_bytes: int = COMMAND_MAX_BYTES) -> Clip:
+    """Run a `wav.scp` piped command (`CMD` of `UTT CMD |`) as Kaldi does, with `sh -c CMD` in the current
+    folder, and return the audio it writes to stdout (WAV or anything libsndfile reads) as a `Clip` named after
+    `name` (the utterance id). stdin is closed (/dev/null); stdout is read whole, at most `max_bytes`; stderr is
+    kept for the message. A non-zero exit, a signal, no output, more than `max_bytes` or more than `timeout`
+    seconds is one `AudioError`: `UTT: command `CMD` failed (exit N: its last stderr line)`; the command's whole
+    process group is killed on a timeout, an overflow or Ctrl-C. `keep`: remember this output, and give it back
+    for the same command next time without running it again (the segments of one recording)."""
+    global _last_run
+    if keep and _last_run is not None and _last_run[0] == command:
+        return _last_run[1]
+    _last_run = None
+    what = f"{printable(name)}: command `{printable(command)}`"
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=err, start_new_session=True)
+        except OSError as e:
+            raise AudioError(f"{what} could not start ({e.strerror or e})") from None
+        fired = threading.Event()
+        timer = threading.Timer(timeout, lambda: (fired.set(), _kill_group(proc)))
+        timer.start()
+        chunks, size, over = [], 0, False
+        try:
+            while chunk := proc.stdout.read(1 << 20):
+                size += len(chunk)
+                if size > max_bytes:
+                    over = True
+                    _kill_group(proc)
+                    break
+                chunks.append(chunk)
+            code = proc.wait()
+        except BaseException:
+            _kill_group(proc)
+            proc.wait()
+            raise
+        finally:
+            timer.cancel()
+            proc.stdout.close()
+        err.seek(max(0, err.seek(0, os.SEEK_END) - 4096))
+        tail = [ln.strip() for ln in err.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+    last = f": {printable(tail[-1])}" if tail else ""
+    if over:
+        limit = f"{max_bytes / (1 << 30):g} GiB" if max_bytes >= 1 << 30 else plural(max_bytes, "byte")
+        raise AudioError(f"{what} wrote more than {limit}, the most spkid reads from a command; write the "
+                         "recording to a file and list its path")
+    if fired.is_set() and code != 0:
+        raise AudioError(f"{what} failed (no end after {timeout:g} s{last})")
+    if code != 0:
+        status = f"killed by signal {-code}" if code < 0 else f"exit {code}"
+        raise AudioError(f"{what} failed ({status}{last})")
+    data = b"".join(chunks)
+    if not data:
+        raise AudioError(f"{what} failed (exit 0, but it wrote no audio{last})")
+    fmt = sniff(data[:12])
+    clip = Clip(_streamed_wav(data) if fmt == "wav" else data,
+                f"{printable(name)}: the output of `{printable(command)} |`", fmt)
+    if keep:
+        _last_run = (command, clip)
+    return clip
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """End a command started in its own session, with every process of its pipeline."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _checked(path: Path, data: np.ndarray, sr: int) -> tuple[np.ndarray, int]:
@@ -284,12 +380,17 @@ def load(path: str | Path, rate: int | None = None, mono: bool = True) -> tuple[
     return x, sr
 
 
-def load_segment(path: str | Path, start: float, end: float) -> tuple[np.ndarray, int]:
+SEEKABLE_FORMATS = ("WAV", "WAVEX", "W64", "RF64", "FLAC", "AIFF", "CAF")
+
+
+def load_segment(path: str | Path | Clip, start: float, end: float) -> tuple[np.ndarray, int]:
     """Seconds `[start, end)` of a recording (a Kaldi `segments` line), downmixed: float32 `(samples,)` and the rate.
 
     Sample bounds are `round(seconds * rate)`; `end` < 0 reads to the end, and an `end` past the end is cut there
-    (Kaldi's `extract-segments` allows such overshoot too). WAV, FLAC and the other seekable formats read only
-    the segment; the rest are decoded whole and sliced."""
+    (Kaldi's `extract-segments` allows such overshoot too). WAV, FLAC and the other seekable formats (files, or
+    a `Clip` in memory: a piped command's output) read only the segment; the rest are decoded whole and sliced."""
+    if isinstance(path, Clip):
+        return _clip_segment(path, start, end)
     p = Path(path)
     info = None
     if p.is_file() and p.suffix.lower() not in FFMPEG_SUFFIXES:
@@ -297,7 +398,7 @@ def load_segment(path: str | Path, start: float, end: float) -> tuple[np.ndarray
             info = sf.info(str(p))
         except (sf.LibsndfileError, RuntimeError, ValueError, TypeError):
             info = None
-    if info is not None and info.frames > 0 and info.format in ("WAV", "WAVEX", "W64", "RF64", "FLAC", "AIFF", "CAF"):
+    if info is not None and info.frames > 0 and info.format in SEEKABLE_FORMATS:
         sr, total = int(info.samplerate), int(info.frames)
         a, b = _segment_bounds(p, start, end, sr, total)
         try:
@@ -311,7 +412,25 @@ def load_segment(path: str | Path, start: float, end: float) -> tuple[np.ndarray
     return x[a:b], sr
 
 
-def _segment_bounds(path: Path, start: float, end: float, sr: int, total: int) -> tuple[int, int]:
+def _clip_segment(clip: Clip, start: float, end: float) -> tuple[np.ndarray, int]:
+    data = _streamed_wav(clip.data) if clip.format == "wav" else clip.data
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            if f.frames > 0 and f.format in SEEKABLE_FORMATS and f.seekable():
+                sr = int(f.samplerate)
+                a, b = _segment_bounds(clip.name, start, end, sr, int(f.frames))
+                f.seek(a)
+                x = f.read(b - a, dtype="float32", always_2d=True)
+                check_samples(x, clip.name, a)
+                return downmix(x), sr
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError):
+        pass  # decoded whole below, for its one error line
+    x, sr = load(clip)
+    a, b = _segment_bounds(clip.name, start, end, sr, len(x))
+    return x[a:b], sr
+
+
+def _segment_bounds(path: Path | str, start: float, end: float, sr: int, total: int) -> tuple[int, int]:
     a = int(round(start * sr))
     b = total if end < 0 else min(total, int(round(end * sr)))
     if a >= b:

@@ -53,11 +53,17 @@ class Entry:
 @dataclass(frozen=True)
 class KaldiEntry(Entry):
     """An entry of a Kaldi data folder: `utt` (the utterance or segment id) is its key; a segment (`start` not None)
-    is `[start, end)` seconds of the recording at `path` (`end` < 0: to its end)."""
+    is `[start, end)` seconds of the recording at `path` (`end` < 0: to its end).
+
+    `command` True: `path` is not a file but a `wav.scp` piped command (`UTT CMD |`, the `|` dropped) whose
+    stdout is the recording (`spkid.audio.source` runs it). Only `kaldi_entries(..., allow_commands=True)` makes
+    such entries, so the user's `--allow-commands` travels with the entries themselves, to `-j` worker processes
+    too: no global setting, and a reader never runs anything the user did not allow."""
 
     utt: str = ""
     start: float | None = None
     end: float | None = None
+    command: bool = False
 
     @property
     def key(self) -> str:
@@ -65,9 +71,10 @@ class KaldiEntry(Entry):
 
     @property
     def shown(self) -> str:
+        where = f"`{printable(self.path)} |`" if self.command else self.path
         if self.start is None:
-            return f"{self.utt} ({self.path})"
-        return f"{self.utt} ({self.path} {self.start:g}-{self.end:g} s)"
+            return f"{self.utt} ({where})"
+        return f"{self.utt} ({where} {self.start:g}-{self.end:g} s)"
 
 
 KALDI_WAV_SCP = "wav.scp"
@@ -79,26 +86,39 @@ def is_kaldi_input(arg: str) -> bool:
 
 
 def kaldi_entries(arg: str, read_text: Callable[[str], str], segments: bool = True,
-                  command: str = "...") -> list[Entry]:
+                  command: str = "...", allow_commands: bool = False) -> list[Entry]:
     """The entries of a Kaldi data folder (or of its `wav.scp` named directly), in `wav.scp` (or `segments`) order.
 
-    `wav.scp`: `UTT PATH` lines (the path is the rest of the line, spaces kept); a piped command (`UTT CMD |`) is
-    refused: spkid runs no commands from data files. `utt2spk` beside it, when present, gives each utterance's
+    `wav.scp`: `UTT PATH` lines (the path is the rest of the line, spaces kept). A piped command (`UTT CMD |`,
+    Kaldi's rxfilename: the rest of the line ending in `|`) is refused with one line unless `allow_commands` (the
+    user's `--allow-commands`): then its entry is a `KaldiEntry` with `command=True` and `path=CMD`, run only when
+    its audio is read (`spkid.audio.source`). `utt2spk` beside it, when present, gives each utterance's
     speaker (every utterance needs one). `segments` beside it (`SEG UTT START END`, seconds, END -1 = to the end)
     turns the entries into segments keyed by SEG, labelled by `utt2spk`'s line for SEG. With `segments=False`
     (commands that write per-file outputs and lists of paths) the entries are plain `Entry(PATH, SPEAKER)`, keyed by
-    their paths, and a folder with segments is refused. `read_text` reads a
-    user's text file (`fileio.read_text`).
+    their paths, and a folder with segments, or with piped commands (a command is no path), is refused.
+    `read_text` reads a user's text file (`fileio.read_text`); `command` names the spkid command in messages.
     """
     folder = os.path.dirname(arg) if os.path.basename(os.path.normpath(arg)) == KALDI_WAV_SCP else arg
     scp = os.path.join(folder, KALDI_WAV_SCP) if os.path.isdir(arg) else arg
     recordings: dict[str, str] = {}
+    piped: set[str] = set()
     for n, fields in _kaldi_lines(read_text(scp), scp, 2):
         utt, path = fields
         if path.endswith("|"):
-            raise SpkidError(f"{scp}:{n}: {utt} is a piped command; spkid runs no commands from data files (there is "
-                             "no --allow-commands): write the audio to files and list their paths, e.g. with Kaldi's "
-                             "`wav-copy scp:wav.scp ark,scp:wav.ark,plain.scp`, or run the commands yourself")
+            if not segments:
+                raise SpkidError(f"{scp}:{n}: {utt} is a piped command, and `spkid {command}` takes audio files by "
+                                 "path (its outputs and lists name them), so it runs no commands; write the audio to "
+                                 "files first (Kaldi's `wav-copy scp:wav.scp ark,scp:wav.ark,plain.scp`), or give the "
+                                 "folder to embed, enroll, identify or features with --allow-commands")
+            if not allow_commands:
+                raise SpkidError(f"{scp}:{n}: {utt} is a piped command; spkid runs commands from data files only when "
+                                 "asked: pass --allow-commands to run it (or write the audio to files, e.g. with "
+                                 "Kaldi's `wav-copy scp:wav.scp ark,scp:wav.ark,plain.scp`)")
+            path = path[:-1].strip()
+            if not path:
+                raise SpkidError(f"{scp}:{n}: {utt} has an empty command before its `|`")
+            piped.add(utt)
         if utt in recordings:
             raise SpkidError(f"{scp}:{n}: utterance {utt!r} listed twice")
         recordings[utt] = path
@@ -124,9 +144,9 @@ def kaldi_entries(arg: str, read_text: Callable[[str], str], segments: bool = Tr
             if not (math.isfinite(a) and math.isfinite(b) and a >= 0 and (b > a or b < 0)):
                 raise SpkidError(f"{seg_path}:{n}: segment {seg!r} has start {start} and end {end} (seconds); "
                                  "need 0 <= START < END (or END -1: to the end)")
-            items.append((seg, recordings[utt], a, b))
+            items.append((seg, utt, a, b))
     else:
-        items = [(utt, path, None, None) for utt, path in recordings.items()]
+        items = [(utt, utt, None, None) for utt in recordings]
     if len({k for k, *_ in items}) != len(items):
         raise SpkidError(f"{seg_path}: a segment id is listed twice")
     if speakers is not None:
@@ -135,8 +155,9 @@ def kaldi_entries(arg: str, read_text: Callable[[str], str], segments: bool = Tr
             raise SpkidError(f"{spk_path}: no speaker for {plural(len(missing), 'utterance')}, e.g. {missing[0]!r}")
     labels = [speakers[key] if speakers is not None else None for key, *_ in items]
     if not segments:  # whole files, for commands that write per-file outputs and lists of paths
-        return [Entry(path, label) for (_, path, _, _), label in zip(items, labels)]
-    return [KaldiEntry(path, label, key, a, b) for (key, path, a, b), label in zip(items, labels)]
+        return [Entry(recordings[rec], label) for (_, rec, _, _), label in zip(items, labels)]
+    return [KaldiEntry(recordings[rec], label, key, a, b, rec in piped)
+            for (key, rec, a, b), label in zip(items, labels)]
 
 
 def parse_utt2spk(text: str, source: str) -> list[Entry]:

@@ -22,10 +22,10 @@ if TYPE_CHECKING:
 
 
 def read_list(args: Iterable[str] | str | None = None, label_depth: int = 1, command: str = "...",
-              segments: bool = False) -> list[Entry]:
+              segments: bool = False, allow_commands: bool = False) -> list[Entry]:
     """Entries from positional arguments: list files (`*.txt|*.lst|*.list|*.scp`), Kaldi data folders and
     `wav.scp` files (`lists.kaldi_entries`; their `segments` only where the command cuts audio by time:
-    `segments`), folders (the audio files below them, labelled by their parent folders: `lists.folder_entries`;
+    `segments`; their piped commands only with `allow_commands`, the user's --allow-commands), folders (the audio files below them, labelled by their parent folders: `lists.folder_entries`;
     `command` completes its hint), other files as themselves, and `-` (or no argument at all) for a list on stdin."""
     if args is None or isinstance(args, str):
         args = [args] if args else []
@@ -40,7 +40,7 @@ def read_list(args: Iterable[str] | str | None = None, label_depth: int = 1, com
             text = lists.decode_text(data, "<stdin>")
             entries += lists.parse_list(lists.split_lines(text), label_depth, "<stdin>")
         elif lists.is_kaldi_input(arg):
-            entries += lists.kaldi_entries(arg, fileio.read_text, segments, command)
+            entries += lists.kaldi_entries(arg, fileio.read_text, segments, command, allow_commands)
         elif lists.is_list_file(arg):
             entries += lists.parse_list(lists.split_lines(fileio.read_text(arg)), label_depth, arg)
         elif os.path.isdir(arg):
@@ -52,11 +52,13 @@ def read_list(args: Iterable[str] | str | None = None, label_depth: int = 1, com
 
 def read_labels(path: str, label_depth: int = 1) -> list[Entry]:
     """The labelled entries of a `--labels` file: a list (`PATH<TAB>LABEL`), or Kaldi's `utt2spk` or a Kaldi data
-    folder (keyed by the Kaldi ids, as `spkid embed` of that folder keys its embeddings)."""
+    folder (keyed by the Kaldi ids, as `spkid embed` of that folder keys its embeddings). Only keys and labels are
+    used, never the audio, so a folder whose `wav.scp` pipes commands is read without running them."""
     if os.path.basename(os.path.normpath(path)) == "utt2spk":
         return lists.parse_utt2spk(fileio.read_text(path), path)
     if lists.is_kaldi_input(path):
-        return lists.kaldi_entries(path, fileio.read_text, True)
+        return [lists.KaldiEntry("", e.label, e.key) for e in lists.kaldi_entries(path, fileio.read_text, True,
+                                                                                  allow_commands=True)]
     return read_list([path], label_depth)
 
 
@@ -211,8 +213,8 @@ def stdin_is_piped() -> bool:
         return False
 
 
-def read_inputs(args: Iterable[str] | str | None = None, label_depth: int = 1,
-                command: str = "...") -> tuple[list[Entry], audio.Clip | None]:
+def read_inputs(args: Iterable[str] | str | None = None, label_depth: int = 1, command: str = "...",
+                allow_commands: bool = False) -> tuple[list[Entry], audio.Clip | None]:
     """`read_list` (Kaldi segments included: these commands embed them), except that `-` (or no argument at all) whose stdin holds audio (`stdin_audio`) is one clip:
     the entry `Entry("-")` (no label), with the clip returned beside the entries, to decode in its place
     (`audio.load(clip)`, `Preparer.prepare_file(clip)`). Otherwise (None) every `-` reads a list, as before."""
@@ -221,12 +223,12 @@ def read_inputs(args: Iterable[str] | str | None = None, label_depth: int = 1,
     args = list(args) or ["-"]
     clip = stdin_audio() if "-" in args else None
     if clip is None:
-        return read_list(args, label_depth, command, segments=True), None
+        return read_list(args, label_depth, command, segments=True, allow_commands=allow_commands), None
     if args.count("-") > 1:
         raise SpkidError("`-` names stdin's one audio clip; give it once")
     entries: list[Entry] = []
     for arg in args:
-        entries += [Entry("-")] if arg == "-" else read_list([arg], label_depth, command, segments=True)
+        entries += [Entry("-")] if arg == "-" else read_list([arg], label_depth, command, True, allow_commands)
     return entries, clip
 
 

@@ -216,7 +216,8 @@ zpty -d z
     ("spkid verify --device ", {"auto", "cpu", "cuda"}),
     ("spkid verify --device=c", {"cpu", "cuda"}),
     ("spkid embed -", {"-m", "--model", "-o", "--output", "--window", "--hop", "--no-vad", "--device", "--backend",
-                       "--threads", "-b", "--batch-size", "-j", "--jobs", "--shard", "--skip-bad", "--format", "-h", "--help"}),
+                       "--threads", "-b", "--batch-size", "-j", "--jobs", "--shard", "--skip-bad", "--allow-commands", "--format", "-h",
+                           "--help"}),
     ("spkid verify -m ", {"model.pt", "resemblyzer"}),
     ("spkid verify --jobs ", set()),
 ])

@@ -58,7 +58,7 @@ def test_folder_through_pipes_scores_only_until_calibrated(published, speaker_di
     proc = sh(f"spkid embed -m {published} < {wav_list} | spkid enroll -g {g}", check=True)
     assert "3D-Speaker" in proc.stderr.decode()  # the family is detected and said
     meta = json.loads((g / "gallery.json").read_text())
-    assert meta["model"]["label"] == str(published)
+    assert meta["model"]["label"] == str(published) and meta["model"]["path"] == str(published.resolve())
 
     # identify finds the model the gallery records; with no calibration it prints scores, never a decision
     clip = speaker_dir / "bob" / "bob_2.wav"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import importlib
+import json
 import sys
 import types
 from pathlib import Path
@@ -36,6 +37,7 @@ from spkid.embedding import Embedder  # noqa: E402
 from spkid.errors import SpkidError  # noqa: E402
 
 MAX_COSINE_DISTANCE = 1e-4  # the issue's bound
+CLIPS_ENROLL = REPO / "examples" / "clips" / "enroll"  # folders of real speech: the speaker is the folder
 # what is measured (float64 distances of 1e-13 .. 1e-10); random networks barely tell front ends apart (the Povey
 # window instead of the Hamming one moves them by only ~1e-5), so the tests hold them to this too
 TIGHT = 1e-7
@@ -403,6 +405,16 @@ def test_pyannote_resnet34_equals_wespeaker(tmp_path: Path, signals, monkeypatch
     assert imported.family == "pyannote" and imported.description.startswith("WeSpeakerResNet34 (WeSpeaker ResNet34)")
     assert imported.spec.model["kwargs"]["var_eps"] == 0.0  # pyannote pools without WeSpeaker's epsilon
     check_equal(folder, ref, signals)
+    pipe_into_gallery(folder, tmp_path / "g")
+
+
+def pipe_into_gallery(model: Path, g: Path) -> None:
+    """`spkid embed --model MODEL | spkid enroll`, then `spkid identify` of a probe clip finds the model the gallery
+    records (scores only: an imported model has no calibration)."""
+    sh(f"spkid embed {CLIPS_ENROLL} --model {model} | spkid enroll -g {g}", check=True)
+    proc = sh(f"spkid identify {clip_files('probe')[0]} -g {g} --json", check=True)
+    record = json.loads(proc.stdout)
+    assert record["threshold"] is None and len(record["top"]) >= 1 and b"no threshold" in proc.stderr
 
 
 def test_pyannote_file_with_other_code_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -432,6 +444,7 @@ def test_cli_embed_reads_a_wespeaker_folder(tmp_path: Path):
     folder = publish(tmp_path / "voxceleb_resnet34_LM", ref, "ResNet34", args, 256)
     clip = clip_files("probe")[0]
     sh(f"spkid embed {clip} --model {folder} --no-vad -o {tmp_path}/e.npy", check=True)
+    pipe_into_gallery(folder, tmp_path / "g")
     from spkid import streams
 
     got = streams.read_embeddings(str(tmp_path / "e.npy")).values

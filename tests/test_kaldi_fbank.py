@@ -115,7 +115,11 @@ def test_cli_features_kind_kaldi_fbank(tmp_path: Path):
     expected -= expected.mean(axis=0)
     np.testing.assert_allclose(feats, expected, atol=1e-4)
     bad = sh(f"spkid features {clips[0]} -d {tmp_path}/g --kind kaldi-fbank --window hann --nfft 1024")
-    assert bad.returncode == 2 and b"--nfft, --window do not apply to --kind kaldi-fbank" in bad.stderr
+    assert bad.returncode == 2 and b"--nfft does not apply to --kind kaldi-fbank" in bad.stderr
+    # WeSpeaker's front end: the Hamming window, the utterance mean removed
+    sh(f"spkid features {clips[0]} -d {tmp_path}/h --kind kaldi-fbank --window hamming --norm cmn", check=True)
+    cfg = json.loads((tmp_path / "h" / "features.json").read_text())
+    assert cfg == KaldiFbankConfig(norm="cmn", window="hamming").to_dict()
 
 
 def test_model_with_kaldi_fbank_front_end(tmp_path: Path):

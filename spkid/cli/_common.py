@@ -291,8 +291,12 @@ def _prepare(prep: Preparer, min_speech: float | None, purpose: str, clip: Clip 
     if getattr(entry, "start", None) is not None:  # a Kaldi segment: its seconds of the recording
         from spkid import audio
 
-        x, sr = audio.load_segment(entry.path, entry.start, entry.end)
+        x, sr = audio.load_segment(audio.source(entry), entry.start, entry.end)
         prepared = prep.prepare_signal(x, sr, entry.shown)
+    elif getattr(entry, "command", False):  # a wav.scp piped command, allowed by --allow-commands
+        from spkid import audio
+
+        prepared = prep.prepare_file(audio.source(entry))
     else:
         prepared = prep.prepare_file(clip if entry.path == "-" and clip is not None else entry.path)
     if min_speech is not None:

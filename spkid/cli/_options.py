@@ -33,6 +33,12 @@ ShardOpt = Annotated[
     typer.Option("--shard", metavar="I/N", help="Process only every N-th entry starting at the I-th (1-based); `cat` joins shard outputs."),
 ]
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Warn about and skip unreadable items instead of failing (exit 1 only if all fail).")]
+AllowCommandsOpt = Annotated[
+    bool,
+    typer.Option("--allow-commands",
+                 help="Run the piped commands of a Kaldi wav.scp (`UTT CMD |` lines) with `sh -c` in the current folder and "
+                      "read the audio they write to stdout (refused without it). Only for data folders you trust."),
+]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Redo outputs that exist already (default: keep them, so a rerun resumes).")]
 LabelDepthOpt = Annotated[
     int,

@@ -50,7 +50,7 @@ def convert(
       spkid convert TIMIT/TRAIN/**/*.WAV --root TIMIT -d timit16k -j 4 --format wav
       spkid convert wavs.txt -d conv | spkid vad --trim -d voiced | spkid features -d feats
     """
-    everything = streams.read_list(inputs, label_depth)
+    everything = streams.read_list(inputs, label_depth, "convert -d DIR")
     base = Path(root) if root else lists.default_root([e.path for e in everything])
     entries = lists.shard(everything, shard)
     suffix = audio.FORMATS[fmt][1]

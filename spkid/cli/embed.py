@@ -10,7 +10,7 @@ import typer
 
 from spkid import lists, streams
 from spkid.cli._common import embed_entries, embedder
-from spkid.cli._options import (BackendOpt, BatchOpt, DeviceOpt, EmbedOptions, HopOpt, InputsArg, JobsOpt, ModelOpt, NoVadOpt,
+from spkid.cli._options import (AllowCommandsOpt, BackendOpt, BatchOpt, DeviceOpt, EmbedOptions, HopOpt, InputsArg, JobsOpt, ModelOpt, NoVadOpt,
                                 OutputOpt, ShardOpt, SkipBadOpt, ThreadsOpt, WindowOpt)
 from spkid.errors import SpkidError, UsageError
 
@@ -44,6 +44,7 @@ def embed(
     jobs: JobsOpt = 1,
     shard: ShardOpt = None,
     skip_bad: SkipBadOpt = False,
+    allow_commands: AllowCommandsOpt = False,
     fmt: Annotated[Literal["npy", "kaldi"], typer.Option("--format", help="npy: the keyed matrix; kaldi: -o OUT writes OUT.ark and OUT.scp (float32 vectors keyed by Kaldi ids, for a Kaldi PLDA back end).")] = "npy",
 ) -> None:
     """Embed every listed audio file (or `.npy` feature file); write the keyed matrix to stdout.
@@ -63,11 +64,12 @@ def embed(
       spkid convert -d conv < wavs.txt | spkid embed --model resemblyzer | spkid enroll -g enroll/
       spkid embed --model resemblyzer --shard 1/4 big.txt -o emb1.npy    # cat emb*.npy joins shards
       spkid embed data/test --format kaldi -o xvector    # Kaldi data folder in, xvector.ark + xvector.scp out
+      spkid embed data/test --allow-commands -o emb.npy  # its wav.scp pipes `UTT sox ... -t wav - |` commands
     """
     if fmt == "kaldi" and output in (None, "-"):
         raise UsageError("--format kaldi writes two files, OUT.ark and OUT.scp: give -o OUT")
     streams.check_binary_output(output)  # before any work
-    entries, clip = streams.read_inputs(inputs, command="embed")
+    entries, clip = streams.read_inputs(inputs, command="embed", allow_commands=allow_commands)
     entries = lists.shard(entries, shard)
     if not entries:
         raise SpkidError("the input list is empty")

@@ -11,7 +11,7 @@ import typer
 
 from spkid import filelock, lists, streams
 from spkid.cli._common import embed_entries, embeddings_source, embedder, gate_embeddings
-from spkid.cli._options import (BackendOpt, BatchOpt, DeviceOpt, EmbedOptions, FromEmbeddingsOpt, HopOpt, InputsArg, JobsOpt,
+from spkid.cli._options import (AllowCommandsOpt, BackendOpt, BatchOpt, DeviceOpt, EmbedOptions, FromEmbeddingsOpt, HopOpt, InputsArg, JobsOpt,
                                 LabelDepthOpt, MinSpeechOpt, ModelOpt, NoVadOpt, SkipBadOpt, ThreadsOpt, WindowOpt)
 from spkid.errors import SpkidError, UsageError
 from spkid.lists import plural, printable
@@ -67,6 +67,7 @@ def enroll(
     batch_size: BatchOpt = 64,
     jobs: JobsOpt = 1,
     skip_bad: SkipBadOpt = False,
+    allow_commands: AllowCommandsOpt = False,
     wait: Annotated[float, typer.Option("--wait", min=0, metavar="SECONDS", help="How long to wait for another enroll holding the gallery's lock.")] = 600.0,
     index: Annotated[bool, typer.Option("--index", help="Build the gallery's search index now, whatever its size (it is built by itself from 200,000 rows, and kept up to date on every change once there).")] = False,
     shard: Annotated[str | None, typer.Option("--shard", metavar="I/N", help="Enroll only the speakers of shard I of N (split by a hash of the name, so each speaker lands in one shard); `identify -g` takes every shard.")] = None,
@@ -117,7 +118,8 @@ def enroll(
             add = _from_stream(src, existing, model, labels, speaker, label_depth, min_speech, skip_bad, shard)
         else:
             opts = EmbedOptions(model, device, threads, window, hop, no_vad, batch_size, backend)
-            add = _from_audio(inputs, existing, opts, labels, speaker, label_depth, min_speech, jobs, skip_bad, shard)
+            add = _from_audio(inputs, existing, opts, labels, speaker, label_depth, min_speech, jobs, skip_bad, shard,
+                              allow_commands)
     if existing is None and add is None:
         raise SpkidError(f"{g_path}: no such gallery; build one with `spkid enroll LIST -g {g_path}`")
 
@@ -191,7 +193,7 @@ def _from_stream(src: str, existing: Gallery | None, model: str | None, labels: 
     rows, keys, names = [rows[i] for i in keep], [keys[i] for i in keep], [names[i] for i in keep]
     _warn_duplicates(keys)
     label = emb.meta.get("model") or model
-    path = Path(label) if label and label != "resemblyzer" and Path(label).is_file() else None
+    path = Path(label) if label and label != "resemblyzer" and Path(label).exists() else None
     meta = {"model": {"sha256": sha, "label": label, "path": str(path.resolve()) if path else None},
             "features": emb.meta.get("features"), "embedding": emb.meta.get("embedding")}
     return Addition(names, emb.values[rows], None, meta)
@@ -199,12 +201,12 @@ def _from_stream(src: str, existing: Gallery | None, model: str | None, labels: 
 
 def _from_audio(inputs: list[str] | None, existing: Gallery | None, opts: EmbedOptions, labels: str | None,
                 speaker: str | None, label_depth: int, min_speech: float, jobs: int, skip_bad: bool,
-                shard: str | None) -> Addition:
+                shard: str | None, allow_commands: bool = False) -> Addition:
     """The listed audio, embedded with the gallery's model (or --model): items without enough speech refused,
     other quality problems warned about."""
     from spkid.embedding import model_for_gallery
 
-    entries, clip = streams.read_inputs(inputs, label_depth, command="enroll -g DIR")
+    entries, clip = streams.read_inputs(inputs, label_depth, command="enroll -g DIR", allow_commands=allow_commands)
     if not entries:
         raise SpkidError("the input list is empty")
     if speaker is not None:
@@ -212,9 +214,9 @@ def _from_audio(inputs: list[str] | None, existing: Gallery | None, opts: EmbedO
     elif labels:
         names = _labels_for([e.key for e in entries], labels, label_depth)
         entries = [e.with_label(n) for e, n in zip(entries, names)]
-    unlabelled = [e.path for e in entries if e.label is None]
+    unlabelled = [e.shown for e in entries if e.label is None]
     if unlabelled:
-        if unlabelled[0] == "-":
+        if unlabelled[0] == "<stdin>":
             raise UsageError("<stdin>: audio on stdin has no speaker label; name it with --speaker NAME")
         raise SpkidError(f"{unlabelled[0]}: no speaker label (no LABEL column and no parent folder); "
                          "give PATH<TAB>LABEL lines, --labels FILE or --speaker NAME")
@@ -227,7 +229,7 @@ def _from_audio(inputs: list[str] | None, existing: Gallery | None, opts: EmbedO
                                          min_speech=min_speech, purpose="enrolment", clip=clip)
     for e, q in zip(good, quals):
         for problem in q.problems():
-            log.warning("%s (%s): %s", "<stdin>" if e.path == "-" else e.path, printable(e.label), problem)
+            log.warning("%s (%s): %s", e.shown, printable(e.label), problem)
     meta = {"model": {"sha256": ref.sha256, "label": ref.label, "path": str(ref.path.resolve())},
             "features": emb.spec.features, "embedding": emb.prep.cfg.to_dict()}
     return Addition([e.label for e in good], vectors, [q.speech_seconds for q in quals], meta)

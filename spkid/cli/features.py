@@ -13,7 +13,7 @@ import typer
 
 from spkid import fileio, lists, streams
 from spkid.cli._common import write_outputs
-from spkid.cli._options import (InputsArg, JobsOpt, LabelDepthOpt, OutDirOpt, OverwriteOpt, RootOpt, ShardOpt,
+from spkid.cli._options import (AllowCommandsOpt, InputsArg, JobsOpt, LabelDepthOpt, OutDirOpt, OverwriteOpt, RootOpt, ShardOpt,
                                 SkipBadOpt)
 from spkid.cmvn import Norm
 from spkid.errors import SpkidError, UsageError
@@ -28,9 +28,9 @@ KindChoice = Literal["fbank", "mfcc", "specdb", "spectrogram", "kaldi-fbank", "s
 # what kaldi-fbank takes from the options when they are given (else Kaldi's defaults); the others do not apply to it
 KALDI_OPTIONS = {"rate": "sample_rate", "n_filters": "n_filters", "win_len": "win_len", "win_step": "win_step",
                  "preemph": "preemph", "low_freq": "low_freq", "high_freq": "high_freq", "norm": "norm",
-                 "cmn_window": "cmn_window"}
+                 "cmn_window": "cmn_window", "window": "window"}
 NOT_KALDI = {"n_ceps": "--n-ceps", "lifter": "--lifter", "append_energy": "--append-energy", "nfft": "--nfft",
-             "window": "--window", "log_type": "--log", "backend": "--backend"}
+             "log_type": "--log", "backend": "--backend"}
 # what sb-fbank (SpeechBrain's Fbank) takes from the options when they are given (else SpeechBrain's defaults)
 SB_OPTIONS = {"rate": "sample_rate", "n_filters": "n_filters", "win_len": "win_len", "win_step": "win_step",
               "nfft": "nfft", "low_freq": "low_freq", "high_freq": "high_freq", "norm": "norm", "cmn_window": "cmn_window"}
@@ -41,13 +41,15 @@ NOT_SB = {"n_ceps": "--n-ceps", "lifter": "--lifter", "append_energy": "--append
 @dataclass(frozen=True)
 class _Job(Entry):
     """A list entry with its voiced sample ranges and its output file (small and picklable: each -j worker gets
-    only its own); a Kaldi segment also has its id and `[start, end)` seconds."""
+    only its own); a Kaldi entry also has its id, a segment its `[start, end)` seconds, and a piped `wav.scp`
+    command (`command`, allowed by --allow-commands: `lists.KaldiEntry`) its command as `path`."""
 
     keep: tuple[tuple[int, int], ...] | None = None
     dst: str = ""
     utt: str = ""
     start: float | None = None
     end: float | None = None
+    command: bool = False
 
     @property
     def key(self) -> str:
@@ -58,9 +60,13 @@ def _features_one(job: _Job, *, cfg: Any) -> int:
     from spkid import audio, features
 
     keep = None if job.keep is None else np.array(job.keep, dtype=np.int64).reshape(-1, 2)
-    if job.start is not None:  # a Kaldi segment: its samples of the recording
-        x, sr = audio.load_segment(job.path, job.start, job.end)
-        audio.check_expected(job.path, 1, sr, cfg.sample_rate)
+    if job.start is not None or job.command:  # a Kaldi segment, or a piped command's output: decoded in memory
+        src = audio.source(job)
+        if job.start is not None:  # the segment's samples of the recording
+            x, sr = audio.load_segment(src, job.start, job.end)
+            audio.check_expected(src, 1, sr, cfg.sample_rate)
+        else:
+            x = audio.load_expected(src, cfg.sample_rate)
         if isinstance(cfg, FeatureConfig):
             feats = features.compute(x, cfg)
         else:
@@ -135,8 +141,9 @@ def _kaldi_config(ctx: typer.Context, values: dict[str, Any]) -> Any:
     """kaldi-fbank's config: Kaldi's defaults, replaced by the options given on the command line."""
     from spkid.kaldifbank import KaldiFbankConfig
 
+    values = {**values, "window": {"hann": "hanning"}.get(values["window"], values["window"])}  # Kaldi's name
     return _toolkit_config(ctx, values, KaldiFbankConfig, KALDI_OPTIONS, NOT_KALDI,
-                           "Kaldi's Povey window, 512-point FFT and natural log are fixed")
+                           "Kaldi's 512-point FFT and natural log are fixed")
 
 
 def _sb_config(ctx: typer.Context, values: dict[str, Any]) -> Any:
@@ -171,7 +178,7 @@ def features(
     ctx: typer.Context,
     inputs: InputsArg = None,
     out_dir: OutDirOpt = ...,
-    kind: Annotated[KindChoice, typer.Option("--kind", "-k", help="fbank: log Mel filterbank; mfcc; specdb: log |spectrum|; spectrogram: |spectrum|; kaldi-fbank: Kaldi's fbank (80 filters from 20 Hz, Povey window, dither 0, snip-edges, ln; of the options below it takes -r, -n, --win-len, --win-step, --preemph, --low-freq, --high-freq, --norm, --cmn-window); sb-fbank: SpeechBrain's Fbank (80 filters, centred 25 ms Hamming frames, 400-point FFT, dB floored 80 dB below the peak; it takes -r, -n, --win-len, --win-step, --nfft, --low-freq, --high-freq, --norm, --cmn-window; SpeechBrain's speaker models use --norm cmn).")] = _D.kind,
+    kind: Annotated[KindChoice, typer.Option("--kind", "-k", help="fbank: log Mel filterbank; mfcc; specdb: log |spectrum|; spectrogram: |spectrum|; kaldi-fbank: Kaldi's fbank (80 filters from 20 Hz, Povey window unless --window, dither 0, snip-edges, ln; of the options below it takes -r, -n, --win-len, --win-step, --preemph, --low-freq, --high-freq, --window, --norm, --cmn-window; WeSpeaker's models use --window hamming --norm cmn); sb-fbank: SpeechBrain's Fbank (80 filters, centred 25 ms Hamming frames, 400-point FFT, dB floored 80 dB below the peak; it takes -r, -n, --win-len, --win-step, --nfft, --low-freq, --high-freq, --norm, --cmn-window; SpeechBrain's speaker models use --norm cmn).")] = _D.kind,
     n_filters: Annotated[int, typer.Option("--n-filters", "-n", min=1, metavar="N", help="Mel filters (fbank, mfcc).")] = _D.n_filters,
     n_ceps: Annotated[int, typer.Option("--n-ceps", min=1, metavar="N", help="MFCC coefficients kept.")] = _D.n_ceps,
     lifter: Annotated[int, typer.Option("--lifter", min=0, metavar="L", help="MFCC cepstral lifter (psf's ceplifter; 0 = off).")] = _D.lifter,
@@ -196,6 +203,7 @@ def features(
     skip_bad: SkipBadOpt = False,
     overwrite: OverwriteOpt = False,
     label_depth: LabelDepthOpt = 1,
+    allow_commands: AllowCommandsOpt = False,
 ) -> None:
     """Compute frame features of mono audio; write one float32 (frames, dims) .npy per file; print the new list.
 
@@ -230,14 +238,14 @@ def features(
                                 cmn_window=cmn_window, backend=backend)
         except SpkidError as e:
             raise typer.BadParameter(str(e).removeprefix("feature config: ")) from None
-    everything = streams.read_list(inputs, label_depth, segments=True)
+    everything = streams.read_list(inputs, label_depth, "features -d DIR", segments=True, allow_commands=allow_commands)
     positions = lists.shard(list(range(len(everything))), shard)
     entries = [everything[i] for i in positions]
     if vad and any(isinstance(e, KaldiEntry) for e in everything):
         raise UsageError("--vad gives sample ranges of whole files, and a Kaldi data folder's entries are named by "
                          "their ids; trim the audio with `spkid vad --trim` first, or leave out --vad")
     ranges = _vad_ranges(vad, len(everything), positions) if vad else {}
-    base = Path(root) if root else lists.default_root([e.path for e in everything])
+    base = Path(root) if root else lists.default_root([e.path for e in everything if not isinstance(e, KaldiEntry)])
     planned = [_kaldi_output(e, out_dir) if isinstance(e, KaldiEntry) else lists.output_path(e.path, out_dir, base, ".npy")
                for e in entries]
     _check_config(out_dir, cfg, overwrite)
@@ -247,7 +255,8 @@ def features(
         with fileio.atomic_write(config_path, "w") as f:
             f.write(json.dumps(cfg.to_dict(), indent=1) + "\n")
         items = [_Job(e.path, e.label, _ranges(ranges[i]) if vad else None, str(p), getattr(e, "utt", ""),
-                      getattr(e, "start", None), getattr(e, "end", None)) for i, e, p in zip(positions, entries, planned)]
+                      getattr(e, "start", None), getattr(e, "end", None), getattr(e, "command", False))
+                 for i, e, p in zip(positions, entries, planned)]
         fn = partial(_features_one, cfg=cfg)
         out = write_outputs(fn, items, planned, overwrite=overwrite, jobs=jobs, skip_bad=skip_bad, desc="features")
     except BaseException:

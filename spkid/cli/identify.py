@@ -12,7 +12,7 @@ import typer
 from spkid import lists, streams, tracking
 from spkid.cli._common import (choose_threshold, embed_entries, embeddings_source, embedder, gate_embeddings,
                                load_cohort)
-from spkid.cli._options import (BackendOpt, BatchOpt, CohortOpt, DeviceOpt, EmbedOptions, FromEmbeddingsOpt, InputsArg, JobsOpt,
+from spkid.cli._options import (AllowCommandsOpt, BackendOpt, BatchOpt, CohortOpt, DeviceOpt, EmbedOptions, FromEmbeddingsOpt, InputsArg, JobsOpt,
                                 LabelDepthOpt, MinSpeechOpt, ModelOpt, NoVadOpt, PointOpt, RuleOptions, ScoreByOpt,
                                 SkipBadOpt, ThreadsOpt, ThresholdOpt)
 from spkid.errors import SpkidError, UsageError
@@ -52,6 +52,7 @@ def identify(
     batch_size: BatchOpt = 64,
     jobs: JobsOpt = 1,
     skip_bad: SkipBadOpt = False,
+    allow_commands: AllowCommandsOpt = False,
     exact: Annotated[bool, typer.Option("--exact", help="Score every enrolled row, even where the gallery has a search index.")] = False,
     nprobe: Annotated[int | None, typer.Option("--nprobe", min=1, metavar="N", help="With a search index: index cells to scan per clip (default the index's; more is slower and nearer to exact).")] = None,
     candidates: Annotated[int | None, typer.Option("--candidates", min=1, metavar="N", help="With a search index: rows it proposes per clip, then scored exactly (default 128).")] = None,
@@ -97,7 +98,8 @@ def identify(
     else:
         from spkid.embedding import model_for_gallery
 
-        entries, clip = streams.read_inputs(inputs, label_depth, command=f"identify -g {gallery_dirs[0]}")
+        entries, clip = streams.read_inputs(inputs, label_depth, command=f"identify -g {gallery_dirs[0]}",
+                                            allow_commands=allow_commands)
         if not entries:
             raise SpkidError("the input list is empty")
         ref = model_for_gallery(opts.model, g, opts.backend)

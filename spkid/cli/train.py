@@ -102,7 +102,7 @@ def train(
         import torch
 
         torch.set_num_threads(threads)
-    entries = streams.read_list(inputs, label_depth)
+    entries = streams.read_list(inputs, label_depth, "train")
     with _progress() as progress:
         summary = training.train(cfg, entries, output, run_dir or str(Path(output).with_suffix(".run")),
                                  device=device, resume=resume, init=_resolve_init(init), progress=progress)

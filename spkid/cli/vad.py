@@ -118,7 +118,7 @@ def vad(
         streams.check_binary_output(output)  # before any work
     cfg = VadConfig(frame=frame, hop=hop, threshold=threshold, neg_threshold=neg_threshold,
                     min_speech=min_speech, min_silence=min_silence, padding=padding)
-    everything = streams.read_list(inputs, label_depth)
+    everything = streams.read_list(inputs, label_depth, "vad")
     positions = lists.shard(list(range(len(everything))), shard)
     entries = [everything[i] for i in positions]
     if trim:
