@@ -17,6 +17,12 @@ import numpy as np
 from spkid import streams
 
 
+def stats(feats: np.ndarray) -> np.ndarray:
+    """Per-dimension mean and std of one utterance's frames `(frames, dims)`: float64 `(2 * dims,)`."""
+    f = np.asarray(feats, dtype=np.float64)
+    return np.concatenate([f.mean(0), f.std(0)])
+
+
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit(__doc__.splitlines()[2])
@@ -24,11 +30,7 @@ def main() -> None:
     feats = streams.read_list(None)
     if len(audio) != len(feats):
         sys.exit(f"stats_pool: {len(feats)} feature files for {len(audio)} audio files")
-    rows = []
-    for e in feats:
-        f = np.load(e.path, allow_pickle=False).astype(np.float64)
-        rows.append(np.concatenate([f.mean(0), f.std(0)]))
-    emb = np.stack(rows)
+    emb = np.stack([stats(np.load(e.path, allow_pickle=False)) for e in feats])
     streams.write_keyed([e.path for e in audio], (emb - emb.mean(0)).astype(np.float32))
 
 

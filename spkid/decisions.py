@@ -4,6 +4,10 @@ speakers, and what each identified clip is named. Core: numpy only, no torch, no
 A threshold comes from (`choose_threshold`): --threshold, else the gallery's fixed threshold (`enroll
 --threshold`), else the gallery's calibration, else the model's calibration (read by the caller,
 `spkid.modelfile.model_calibration`), else none (scores only; identification is then closed-set).
+A calibration fitted with durations gives each trial its own threshold (`ThresholdChoice.at`, the one place that
+turns the chosen rule and a trial's speech seconds into the threshold the trial is decided with): from the speech
+seconds of the test clip (its quality record: the VAD's) and of the enrolled side (the other clip's, or the
+enrolled speaker's total in the gallery); the duration-free threshold when either is unknown.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -31,21 +35,63 @@ NO_THRESHOLD = ("no threshold: scores only (pass --threshold SCORE, or calibrate
 
 @dataclass
 class ThresholdChoice:
-    """A decision threshold and where it came from (`score` None: no threshold anywhere)."""
+    """A decision threshold and where it came from (`score` None: no threshold anywhere).
+
+    With `calibration` (one fitted with durations) the threshold depends on the trial: `at(enroll_s, test_s)`
+    gives each trial's; `score` is then the duration-free one, used where the speech of a side is unknown.
+    `speech_s`: a per-trial threshold's (enroll, test) seconds of speech."""
 
     score: float | None
     source: str
     far: float | None = None
     frr: float | None = None
+    calibration: Calibration | None = None
+    kind: str = ""
+    speech_s: tuple[float, float] | None = None
+
+    def at(self, enroll_s: float | None, test_s: float | None) -> ThresholdChoice:
+        """The threshold of one trial whose sides hold `enroll_s` and `test_s` seconds of speech (None: unknown,
+        `speech_seconds`): this one unless the calibration is duration-aware."""
+        if self.calibration is None:
+            return self
+        t, aware = self.calibration.trial_threshold(self.kind, enroll_s, test_s)
+        if not aware:
+            side = "enrolled side's" if enroll_s is None else "test clip's"
+            return replace(self, calibration=None, source=f"{self.source}; duration-free: the {side} speech is unknown")
+        return ThresholdChoice(t.score, f"{self.source}; duration-aware: {enroll_s:.2f} s of speech enrolled, "
+                               f"{test_s:.2f} s tested", t.far, t.frr, speech_s=(enroll_s, test_s))
 
     def describe(self) -> str:
         if self.score is None:
             return self.source
         rates = f"; FAR {100 * self.far:.2f} %, FRR {100 * self.frr:.2f} % there" if self.far is not None else ""
+        if self.calibration is not None:
+            return (f"thresholds from {self.source}, duration-aware: each trial's from the speech of both sides "
+                    f"({self.score:.4f} where a side's is unknown{rates})")
         return f"threshold {self.score:.4f} from {self.source}{rates}"
 
     def to_json(self) -> dict:
-        return {"threshold": self.score, "threshold_source": self.source, "threshold_far": self.far, "threshold_frr": self.frr}
+        return {"threshold": self.score, "threshold_source": self.source, "threshold_far": self.far, "threshold_frr": self.frr,
+                "threshold_speech_s": _speech_json(self.speech_s)}
+
+
+def _speech_json(speech: tuple[float, float] | None) -> dict | None:
+    return None if speech is None else {"enroll": round(speech[0], 3), "test": round(speech[1], 3)}
+
+
+def speech_seconds(quality: Quality | Mapping | None) -> float | None:
+    """The seconds of speech the VAD found in an item (its quality record), None when not measured: no record,
+    --no-vad, feature files (`Quality.vad` false: the length embedded is not speech measured)."""
+    if quality is None:
+        return None
+    q = quality if isinstance(quality, Quality) else Quality.from_dict(quality)
+    return q.speech_seconds if q.vad else None
+
+
+def enrolled_seconds(seconds: Sequence[float] | np.ndarray, row: int) -> float | None:
+    """The seconds of speech enrolled for gallery row `row` (`Gallery.seconds`), None when unknown (NaN)."""
+    x = float(seconds[row])
+    return x if np.isfinite(x) else None
 
 
 def choose_threshold(threshold: float | None, g: gallery.Gallery | None, model_cal: Calibration | None, model_label: str,
@@ -79,11 +125,12 @@ def choose_threshold(threshold: float | None, g: gallery.Gallery | None, model_c
 
 
 def _from_calibration(cal: Calibration, point: str, where: str) -> ThresholdChoice:
-    t = cal.threshold(point)
-    kind = point if point != "far" else next((k for k in cal.thresholds if k.startswith("far@")), point)
+    kind = cal.kind(point)
+    t = cal.thresholds[kind]
     n = cal.fitted_on
     trials = f", fitted on {n['n_target']} target / {n['n_nontarget']} non-target trials" if "n_target" in n else ""
-    return ThresholdChoice(t.score, f"{where} ({kind} point{trials})", t.far, t.frr)
+    return ThresholdChoice(t.score, f"{where} ({kind} point{trials})", t.far, t.frr,
+                           cal if cal.qmf is not None else None, kind)
 
 
 def require_speech(name: str, quality: Quality | Mapping | None, min_s: float = MIN_SPEECH_S,
@@ -241,24 +288,30 @@ def rank_shards(shards: Sequence[gallery.Gallery], queries: np.ndarray, k: int, 
 
 
 def identify_records(keys: Sequence[str], labels: Sequence[str | None], speakers: Sequence[str], idx: np.ndarray,
-                     scores: np.ndarray, top_k: int, threshold: float | None,
-                     quality: Sequence[dict | None] | None = None) -> list[IdRecord]:
+                     scores: np.ndarray, top_k: int, threshold: ThresholdChoice | float | None,
+                     quality: Sequence[dict | None] | None = None,
+                     seconds: Sequence[float] | np.ndarray | None = None) -> list[IdRecord]:
     """One record per query from `rank`'s rows `idx` and `scores` `(Q, k)`: the `top_k` candidates, the margin of
     the best over the second best (None with one column), and the decision: the best speaker, or UNKNOWN when its
-    score is below `threshold` (every query gets its best speaker without one). A label is `enrolled` when it
-    names one of `speakers`."""
+    score is below the threshold of that trial (`ThresholdChoice.at` the best speaker's enrolled speech,
+    `seconds[row]`, and the clip's, `quality[i]`); every query gets its best speaker without one. A label is
+    `enrolled` when it names one of `speakers`."""
+    if not isinstance(threshold, ThresholdChoice):
+        threshold = ThresholdChoice(threshold, "")
     known = set(speakers)
     out = []
     for i, key in enumerate(keys):
         names = [speakers[j] for j in idx[i]]
         score = float(scores[i, 0])
         margin = float(scores[i, 0] - scores[i, 1]) if idx.shape[1] > 1 else None
-        decision = names[0] if threshold is None or score >= threshold else UNKNOWN
+        test_s = speech_seconds(None if quality is None else quality[i])
+        thr = threshold.at(None if seconds is None else enrolled_seconds(seconds, int(idx[i, 0])), test_s)
+        decision = names[0] if thr.score is None or score >= thr.score else UNKNOWN
         k = min(top_k, len(names))
         top = [(n, float(s)) for n, s in zip(names[:k], scores[i, :k])]
         label = labels[i]
-        out.append(IdRecord(key, label, top, label is not None and label in known, decision, threshold, margin,
-                            None if quality is None else quality[i]))
+        out.append(IdRecord(key, label, top, label is not None and label in known, decision, thr.score, margin,
+                            None if quality is None else quality[i], thr.source or None, _speech_json(thr.speech_s)))
     return out
 
 
@@ -340,9 +393,18 @@ def score_trials(t: Trials, vec: Mapping[str, np.ndarray], g: gallery.Gallery | 
     return kept, scores
 
 
-def name_windows(speakers: Sequence[str], idx: np.ndarray, scores: np.ndarray,
-                 threshold: float | None) -> tuple[list[str | None], np.ndarray]:
-    """Each window's speaker from `rank`'s best column (None when below `threshold`) and its best score."""
+def name_windows(speakers: Sequence[str], idx: np.ndarray, scores: np.ndarray, threshold: ThresholdChoice | float | None,
+                 seconds: Sequence[float] | np.ndarray | None = None,
+                 window_speech: Sequence[float] | None = None) -> tuple[list[str | None], np.ndarray]:
+    """Each window's speaker from `rank`'s best column (None when below the threshold of that trial:
+    `ThresholdChoice.at` the speaker's enrolled speech, `seconds[row]`, and the window's, `window_speech[j]`) and
+    its best score."""
+    if not isinstance(threshold, ThresholdChoice):
+        threshold = ThresholdChoice(threshold, "")
     best = scores[:, 0].astype(np.float64)
-    named = [speakers[i] if threshold is None or s >= threshold else None for i, s in zip(idx[:, 0], best)]
+    named = []
+    for j, (i, s) in enumerate(zip(idx[:, 0], best)):
+        thr = threshold.at(None if seconds is None else enrolled_seconds(seconds, int(i)),
+                           None if window_speech is None else float(window_speech[j]))
+        named.append(speakers[i] if thr.score is None or s >= thr.score else None)
     return named, best

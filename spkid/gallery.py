@@ -8,7 +8,7 @@ speakers.txt        one name a line, row order (UTF-8; no tabs or newlines in na
 embeddings.npy      float32 (S, D), L2-normalised speaker models (the mean direction of their utterances)
 counts.npy          int64 (S,), utterances enrolled per speaker
 sums.npy            float32 (S, D), sum of the unit utterance embeddings (so adding utterances later is exact)
-seconds.npy         float64 (S,), seconds of speech enrolled (NaN where unknown: enrolled from embeddings)
+seconds.npy         float64 (S,), seconds of speech enrolled (NaN where unknown: --no-vad, embeddings without quality records)
 all_embeddings.npy  float32 (N, D), every enrolment embedding          (aggregation "all" only)
 all_index.npy       int64 (N,), its speaker row, non-decreasing        (aggregation "all" only)
 index.faiss         the search index over embeddings.npy ("mean") or all_embeddings.npy ("all")  (optional)

@@ -76,6 +76,16 @@ class Track:
             sig = np.concatenate([self.signal[s:e] for s, e in voiced])
             yield Prepared(prep.windows(sig), Quality(seconds, seconds))
 
+    def speech_seconds(self) -> np.ndarray:
+        """Seconds of voiced audio in each kept window (what `windows` embeds of it), in `kept` order."""
+        n = len(self.signal)
+        out = np.zeros(len(self.kept))
+        for j, i in enumerate(self.kept):
+            a = int(self.starts[i])
+            voiced = voiced_in(self.segs, a, min(n, a + self.win))
+            out[j] = int((voiced[:, 1] - voiced[:, 0]).sum()) / self.rate
+        return out
+
     def runs(self, speakers: Sequence[str | None], scores: np.ndarray) -> list[Run]:
         """Runs in seconds from each kept window's speaker (None: rejected) and score, in `kept` order."""
         decisions: list[str | None] = [None] * len(self.starts)

@@ -4,6 +4,9 @@ Text formats read here (UTF-8; fields split on tabs when the line has one, other
 lines and lines starting with `#` are ignored; one input holds one format, mixed formats are refused):
 
 * Scores with labels: `ENROLL TEST SCORE LABEL`, LABEL one of `target`, `nontarget`, `1`, `0`.
+* Scores with labels and the seconds of speech of both sides (`spkid verify --trials` writes them when it knows
+  them): `ENROLL TEST SCORE LABEL ENROLL_SPEECH TEST_SPEECH`, each a number >= 0 or `-` (unknown); what a
+  duration-aware calibration (`spkid score --calibrate`) is fitted on. Other readers take the first 4 columns.
 * Scores without labels: `ENROLL TEST SCORE`, labelled by joining with a trials file on (ENROLL, TEST).
 * Kaldi `compute-eer` input: `SCORE LABEL`, e.g. `0.73 target`.
 * Trials, either VoxCeleb `1 enroll_path test_path` (1 = same speaker, 0 = different) or Kaldi
@@ -21,11 +24,18 @@ lines and lines starting with `#` are ignored; one input holds one format, mixed
        "decision": "alice",                   optional: the speaker the system chose, or "unknown" when the best
                                               score is below the threshold ("unknown" is a reserved name)
        "threshold": 0.35,                     optional: the threshold used for `decision` (number or null)
+       "threshold_source": "...",             optional: where it came from (text)
+       "threshold_speech_s": {"enroll": 41.2, "test": 0.62},
+                                              optional: the seconds of speech of the speaker and the clip
+                                              a duration-aware threshold was chosen for (absent: the
+                                              threshold does not depend on them)
        "margin": 0.39}                        optional: best minus second-best score (number or null; not read)
 
   Other keys are allowed and ignored. `IdRecord(...).to_json()` writes exactly this line (`spkid identify --json`
   writes it so); `parse_identify` reads it. Several records of one key (one per shard of a gallery, from
   `identify -g SHARD` runs) are merged into one (`merge_shards`).
+
+`ENROLL TEST SCORE` lines with the two speech columns are not read: durations come with labelled scores.
 """
 
 from __future__ import annotations
@@ -41,7 +51,8 @@ from spkid.errors import SpkidError
 from spkid.lists import plural, printable
 
 LABELS = {"target": True, "nontarget": False, "1": True, "0": False}
-FORMATS = {2: "SCORE LABEL", 3: "ENROLL TEST SCORE", 4: "ENROLL TEST SCORE LABEL"}
+FORMATS = {2: "SCORE LABEL", 3: "ENROLL TEST SCORE", 4: "ENROLL TEST SCORE LABEL",
+           6: "ENROLL TEST SCORE LABEL ENROLL_SPEECH TEST_SPEECH"}
 UNKNOWN = "unknown"
 
 
@@ -68,6 +79,19 @@ def _label(word: str, where: str) -> bool:
         raise SpkidError(f"{where}: label {word!r} is not one of target, nontarget, 1, 0") from None
 
 
+def _speech(word: str, where: str) -> float:
+    """Seconds of speech of a score line's side: a number >= 0, or `-` (unknown: NaN)."""
+    if word == "-":
+        return math.nan
+    try:
+        x = float(word)
+    except ValueError:
+        x = math.nan
+    if not (math.isfinite(x) and x >= 0):
+        raise SpkidError(f"{where}: seconds of speech {word!r} must be a number >= 0, or - when unknown")
+    return x
+
+
 def _score(word: str, where: str) -> float:
     try:
         x = float(word)
@@ -81,13 +105,15 @@ def _score(word: str, where: str) -> float:
 @dataclass
 class ScoreList:
     """Parsed scores. `enroll`/`test` are None for `SCORE LABEL` input; `label` (bool, True = target) is None
-    until labelled (by the input or `join_trials`)."""
+    until labelled (by the input or `join_trials`); `speech` `(n, 2)`: seconds of speech of the enroll and test
+    sides (NaN: unknown), None when the input has no such columns."""
 
     score: np.ndarray
     label: np.ndarray | None = None
     enroll: list[str] | None = None
     test: list[str] | None = None
     source: str = "<stdin>"
+    speech: np.ndarray | None = None
 
     @property
     def target(self) -> np.ndarray:
@@ -126,6 +152,8 @@ class IdRecord:
     threshold: float | None = None
     margin: float | None = None
     quality: dict | None = None  # what the VAD found in the clip (`utterance.Quality.to_dict()`), when known
+    threshold_source: str | None = None
+    threshold_speech_s: dict | None = None  # a duration-aware threshold: {"enroll", "test"} seconds it was chosen for
 
     def to_json(self) -> str:
         """The record as one JSON line of the schema above (what `spkid identify --json` writes), no newline."""
@@ -134,6 +162,10 @@ class IdRecord:
         if self.decision is not None:
             obj["decision"] = self.decision
         obj["threshold"] = self.threshold
+        if self.threshold_source is not None:
+            obj["threshold_source"] = self.threshold_source
+        if self.threshold_speech_s is not None:
+            obj["threshold_speech_s"] = self.threshold_speech_s
         obj["margin"] = self.margin
         if self.quality is not None:
             obj["quality"] = self.quality
@@ -176,12 +208,13 @@ def _parse_scores(rows: list[tuple[int, str]], source: str) -> ScoreList:
     width = len(_fields(first))
     if width not in FORMATS:
         raise SpkidError(
-            f"{source}:{first_n}: {plural(width, 'field')}; expected ENROLL TEST SCORE [LABEL] or SCORE LABEL (tab or space separated)"
+            f"{source}:{first_n}: {plural(width, 'field')}; expected ENROLL TEST SCORE [LABEL [ENROLL_SPEECH TEST_SPEECH]] or SCORE LABEL (tab or space separated)"
         )
     scores: list[float] = []
     labels: list[bool] = []
     enroll: list[str] = []
     test: list[str] = []
+    speech: list[tuple[float, float]] = []
     for n, line in rows:
         f = _fields(line)
         where = f"{source}:{n}"
@@ -199,21 +232,29 @@ def _parse_scores(rows: list[tuple[int, str]], source: str) -> ScoreList:
             enroll.append(f[0])
             test.append(f[1])
             scores.append(_score(f[2], where))
-            if width == 4:
+            if width >= 4:
                 labels.append(_label(f[3], where))
+            if width == 6:
+                speech.append((_speech(f[4], where), _speech(f[5], where)))
     return ScoreList(
         score=np.array(scores, dtype=np.float64),
         label=np.array(labels, dtype=bool) if width != 3 else None,
         enroll=enroll if width != 2 else None,
         test=test if width != 2 else None,
         source=source,
+        speech=np.array(speech, dtype=np.float64).reshape(-1, 2) if width == 6 else None,
     )
 
 
-def format_scores(t: Trials, kept: Sequence[int], scores: Sequence[float]) -> str:
-    """`ENROLL<TAB>TEST<TAB>SCORE<TAB>target|nontarget` lines for the trials `kept` (indices into `t`)."""
-    return "".join(f"{t.enroll[i]}\t{t.test[i]}\t{s:.6f}\t{'target' if t.label[i] else 'nontarget'}\n"
-                   for i, s in zip(kept, scores))
+def format_scores(t: Trials, kept: Sequence[int], scores: Sequence[float], speech: np.ndarray | None = None) -> str:
+    """`ENROLL<TAB>TEST<TAB>SCORE<TAB>target|nontarget` lines for the trials `kept` (indices into `t`), with
+    `speech` `(len(kept), 2)` two more columns: the seconds of speech of the enroll and test sides (`-`: NaN)."""
+    def sec(x: float) -> str:
+        return f"{x:.3f}" if math.isfinite(x) else "-"
+
+    more = [""] * len(kept) if speech is None else [f"\t{sec(e)}\t{sec(t_)}" for e, t_ in speech]
+    return "".join(f"{t.enroll[i]}\t{t.test[i]}\t{s:.6f}\t{'target' if t.label[i] else 'nontarget'}{m}\n"
+                   for i, s, m in zip(kept, scores, more))
 
 
 def parse_trials(lines: Iterable[str], source: str = "<trials>") -> Trials:
@@ -298,6 +339,7 @@ def join_trials(scores: ScoreList, trials: Trials) -> ScoreList:
         enroll=list(trials.enroll),
         test=list(trials.test),
         source=scores.source,
+        speech=None if scores.speech is None else scores.speech[order],
     )
 
 
@@ -376,7 +418,14 @@ def _parse_identify(rows: list[tuple[int, str]], source: str) -> list[IdRecord]:
         thr = obj.get("threshold")
         if thr is not None and (not _is_number(thr) or not math.isfinite(thr)):
             raise SpkidError(f"{where}: \"threshold\" must be a finite number or null")
-        out.append(IdRecord(key, label, cands, enrolled, decision, None if thr is None else float(thr)))
+        thr_source, thr_speech = obj.get("threshold_source"), obj.get("threshold_speech_s")
+        if thr_source is not None and not isinstance(thr_source, str):
+            raise SpkidError(f"{where}: \"threshold_source\" must be text")
+        if thr_speech is not None and not (isinstance(thr_speech, dict) and all(
+                _is_number(thr_speech.get(k)) and 0 <= thr_speech[k] < math.inf for k in ("enroll", "test"))):
+            raise SpkidError(f"{where}: \"threshold_speech_s\" must be {{\"enroll\": SECONDS, \"test\": SECONDS}} or absent")
+        out.append(IdRecord(key, label, cands, enrolled, decision, None if thr is None else float(thr),
+                            threshold_source=thr_source, threshold_speech_s=thr_speech))
     return merge_shards(out, source)
 
 
@@ -384,8 +433,9 @@ def merge_shards(records: list[IdRecord], source: str = "<stdin>") -> list[IdRec
     """Records of one key merged into one, in first-seen order: the runs of `spkid identify` over the shards of a
     gallery (`cat shard*.jsonl`, or `sort -m` of key-sorted outputs) give each clip once per shard. The merged
     record lists every shard's candidates (a speaker once, at its best score; as many as the longest list had),
-    is enrolled when any shard says so, and decides again on the best score with the shards' common threshold
-    (shards that disagree on it are refused)."""
+    is enrolled when any shard says so, and decides again on the best score with the threshold its shard's record
+    used: the shards' common threshold, or with a duration-aware calibration (records with "threshold_speech_s")
+    the threshold chosen for that clip and that speaker (shards whose thresholds differ otherwise are refused)."""
     by_key: dict[str, list[IdRecord]] = {}
     for r in records:
         by_key.setdefault(r.key, []).append(r)
@@ -399,7 +449,8 @@ def merge_shards(records: list[IdRecord], source: str = "<stdin>") -> list[IdRec
         if len({r.label for r in rs}) > 1:
             raise SpkidError(f"{source}: clip {printable(key)!r} has different labels in its records; merging shards' "
                              "results needs the same clips with the same labels")
-        if len({r.threshold for r in rs}) > 1 or len({r.decision is None for r in rs}) > 1:
+        per_speaker = any(r.threshold_speech_s is not None for r in rs)
+        if (len({r.threshold for r in rs}) > 1 and not per_speaker) or len({r.decision is None for r in rs}) > 1:
             raise SpkidError(f"{source}: clip {printable(key)!r} was decided with different thresholds "
                              f"({', '.join(sorted({str(r.threshold) for r in rs}))}); shards of one gallery decide with one")
         best: dict[str, float] = {}
@@ -407,8 +458,11 @@ def merge_shards(records: list[IdRecord], source: str = "<stdin>") -> list[IdRec
             for name, score in r.top:
                 best[name] = max(score, best.get(name, -math.inf))
         top = sorted(best.items(), key=lambda c: -c[1])[: max(len(r.top) for r in rs)]
-        thr, decided = rs[0].threshold, rs[0].decision is not None
+        # the record whose best candidate is the merged best: its threshold was chosen for that speaker
+        own = next((r for r in rs if r.top[0][0] == top[0][0] and r.top[0][1] == top[0][1]), rs[0])
+        thr, decided = own.threshold, own.decision is not None
         decision = (top[0][0] if thr is None or top[0][1] >= thr else UNKNOWN) if decided else None
         margin = top[0][1] - top[1][1] if len(top) > 1 else None
-        out.append(IdRecord(key, rs[0].label, top, any(r.enrolled for r in rs), decision, thr, margin, rs[0].quality))
+        out.append(IdRecord(key, rs[0].label, top, any(r.enrolled for r in rs), decision, thr, margin, own.quality,
+                            own.threshold_source, own.threshold_speech_s))
     return out

@@ -198,12 +198,22 @@ def test_gallery_add_remove_list_and_aggregation_all(embeddings: Path, tmp_path:
 
     g = tmp_path / "g"
     labels = tmp_path / "labels.txt"
-    keys = [str(k) for k in streams.read_embeddings(str(embeddings)).keys]
+    emb = streams.read_embeddings(str(embeddings))
+    keys = [str(k) for k in emb.keys]
     labels.write_text("".join(f"{k}\t{Path(k).parent.name}\n" for k in keys))
     code, out, err = run(["enroll", "--from-embeddings", embeddings, "-g", g, "--labels", labels, "--list"], capsys)
     assert code == 0, err
     rows = sorted(tuple(line.split()) for line in out.splitlines()[1:])
-    assert rows == [("alice", "3", "-"), ("bob", "3", "-"), ("carol", "3", "-"), ("dave", "1", "-")]  # seconds unknown
+    # the seconds of speech the stream's quality records hold, summed per speaker
+    speech = {s: sum(q["speech_seconds"] for k, q in zip(keys, emb.quality) if Path(k).parent.name == s)
+              for s in ("alice", "bob", "carol", "dave")}
+    assert rows == [(s, n, f"{speech[s]:.1f}") for s, n in (("alice", "3"), ("bob", "3"), ("carol", "3"), ("dave", "1"))]
+    plain = tmp_path / "plain.npy"  # without quality records the seconds are unknown
+    streams.write_embeddings(keys, emb.values, {k: v for k, v in emb.meta.items() if k != "quality"}, str(plain))
+    code, out, err = run(["enroll", "--from-embeddings", plain, "-g", tmp_path / "g2", "--labels", labels, "--list"], capsys)
+    assert code == 0, err
+    assert sorted(tuple(line.split()) for line in out.splitlines()[1:]) == [
+        ("alice", "3", "-"), ("bob", "3", "-"), ("carol", "3", "-"), ("dave", "1", "-")]
     code, out, err = run(["enroll", "-g", g, "--remove", "dave", "--remove", "bob", "--list"], capsys)
     assert code == 0 and [line.split()[0] for line in out.splitlines()[1:]] == ["alice", "carol"]
     assert "removed dave, bob" in err

@@ -156,12 +156,19 @@ class Outcome:
     failure: BaseException | None = None
 
 
+def as_from_a_terminal() -> None:
+    """In the child before exec: SIGINT back to its default, as in a command typed at a terminal. A test run started
+    in the background (`cmd &` in a non-interactive shell ignores SIGINT, and children inherit that) would otherwise
+    start spkid with Ctrl-C ignored, as it must stay then (nohup's convention), and nothing would be tested."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt(case: Case, cwd: Path, io: Path) -> tuple[int, str]:
     """Run `spkid ARGS` with `case.stdin`, interrupt it at work (module docstring); (exit code, stderr)."""
     err = io / "stderr.txt"
     with open(io / "stdout.bin", "wb") as out, open(err, "wb") as errf:
         proc = subprocess.Popen(["spkid", *map(str, case.args)], stdin=subprocess.PIPE, stdout=out, stderr=errf,
-                                cwd=cwd, start_new_session=True,
+                                cwd=cwd, start_new_session=True, preexec_fn=as_from_a_terminal,
                                 env={**os.environ, **ENV, "JOBLIB_TEMP_FOLDER": str(cwd / "joblib")})
     try:
         def feed() -> None:
@@ -313,7 +320,7 @@ def test_ctrl_c_swallowed_inside_a_destructor_still_stops_the_command(tmp_path):
     (tmp_path / "list.txt").write_text("".join(f"{c}\n" for c in clips))
     out = tmp_path / "vad.npy"
     r = subprocess.run([sys.executable, "-c", SWALLOWED, "vad", str(tmp_path / "list.txt"), "-o", str(out)],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, preexec_fn=as_from_a_terminal)
     assert r.returncode == 130, r.stderr
     assert r.stderr.strip() == "spkid vad: interrupted", r.stderr
     assert not out.exists() and temp_files(tmp_path) == []

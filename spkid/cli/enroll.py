@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -31,8 +32,10 @@ GalleryOpt = Annotated[str, typer.Option("--gallery", "-g", metavar="DIR", help=
 
 @dataclass
 class Addition:
-    """What one enroll call adds: a label and an embedding `(N, D)` per utterance, its seconds of speech (None
-    for embeddings given as they are), and the model record gallery.json keeps."""
+    """What one enroll call adds: a label and an embedding `(N, D)` per utterance, its seconds of speech as the VAD
+    measured them (NaN where not measured: --no-vad, embeddings without quality records; a duration-aware
+    calibration then decides on the speaker with its duration-free thresholds), and the model record gallery.json
+    keeps."""
 
     labels: list[str]
     vectors: np.ndarray
@@ -196,7 +199,11 @@ def _from_stream(src: str, existing: Gallery | None, model: str | None, labels: 
     path = Path(label) if label and label != "resemblyzer" and Path(label).exists() else None
     meta = {"model": {"sha256": sha, "label": label, "path": str(path.resolve()) if path else None},
             "features": emb.meta.get("features"), "embedding": emb.meta.get("embedding")}
-    return Addition(names, emb.values[rows], None, meta)
+    from spkid.decisions import speech_seconds
+
+    seconds = None if emb.quality is None else [speech_seconds(emb.quality[i]) for i in rows]
+    return Addition(names, emb.values[rows], None if seconds is None else [math.nan if x is None else x for x in seconds],
+                    meta)
 
 
 def _from_audio(inputs: list[str] | None, existing: Gallery | None, opts: EmbedOptions, labels: str | None,
@@ -232,7 +239,7 @@ def _from_audio(inputs: list[str] | None, existing: Gallery | None, opts: EmbedO
             log.warning("%s (%s): %s", e.shown, printable(e.label), problem)
     meta = {"model": {"sha256": ref.sha256, "label": ref.label, "path": str(ref.path.resolve())},
             "features": emb.spec.features, "embedding": emb.prep.cfg.to_dict()}
-    return Addition([e.label for e in good], vectors, [q.speech_seconds for q in quals], meta)
+    return Addition([e.label for e in good], vectors, [q.speech_seconds if q.vad else math.nan for q in quals], meta)
 
 
 def _labels_for(keys: list[str], labels_file: str | None, label_depth: int) -> list[str]:

@@ -152,6 +152,10 @@ class Search:
         return decisions.rank_shards(self.shards, queries, k, rule.score_by, cohort, self.exact, self.nprobe,
                                      self.candidates)
 
+    def seconds(self) -> np.ndarray:
+        """Seconds of speech enrolled per speaker (NaN: unknown), in the order of `rank`'s speaker list."""
+        return np.concatenate([np.asarray(g.seconds, np.float64) for g in self.shards])
+
 
 def _load_shards(dirs: list[str], exact: bool) -> list[Gallery]:
     """Every -g gallery (with its search index unless --exact): one model, one threshold, some speakers."""
@@ -179,7 +183,7 @@ def _decide(search: Search, queries: np.ndarray, keys: list[str], labels: list[s
     thr = choose_threshold(rule, search.shards[0], ref, spec, as_norm=cohort is not None)
     log.info("%s", thr.describe() if thr.score is not None else f"closed set: every clip gets its best speaker; {thr.source}")
     speakers, idx, scores = search.rank(queries, max(top_k, 2), rule, cohort)
-    return decisions.identify_records(keys, labels, speakers, idx, scores, top_k, thr.score, quality)
+    return decisions.identify_records(keys, labels, speakers, idx, scores, top_k, thr, quality, search.seconds())
 
 
 def _long(path: str, search: Search, opts: EmbedOptions, rule: RuleOptions, as_json: bool) -> None:
@@ -207,5 +211,6 @@ def _long(path: str, search: Search, opts: EmbedOptions, rule: RuleOptions, as_j
     thr = choose_threshold(rule, g, ref, emb.spec, as_norm=cohort is not None)
     log.info("%s", thr.describe() if thr.score is not None else f"closed set: every voiced window gets its best speaker; {thr.source}")
     speakers, idx, scores = search.rank(vecs, 1, rule, cohort)
-    named, best = decisions.name_windows(speakers, idx, scores, thr.score)
+    named, best = decisions.name_windows(speakers, idx, scores, thr, search.seconds(),
+                                          None if opts.no_vad else track.speech_seconds())
     streams.write_text(tracking.format_runs(track.runs(named, best), thr.score, path, as_json))

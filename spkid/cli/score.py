@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from spkid import calibration, lists, metrics, report, streams
@@ -75,7 +76,16 @@ def _calibration_table(cal: calibration.Calibration, written: str) -> str:
     top.append(["written", written])
     thr = [["threshold", "score", "far", "frr"]]
     thr += [[k, _fmt(t.score), _fmt(t.far), _fmt(t.frr)] for k, t in cal.thresholds.items()]
-    return format_table(top) + "\n" + format_table(thr)
+    out = format_table(top) + "\n" + format_table(thr)
+    if cal.qmf is not None:
+        q = cal.qmf
+        rows = [["duration-aware", "value"], ["a", _fmt(q.a)], ["b", _fmt(q.b)], ["c", _fmt(q.c)],
+                ["q", f"log(1 / (1/enroll + 1/test)), speech seconds clamped to [{q.min_s:g}, {q.max_s:g}]"]]
+        rows += [[k, _fmt(v)] for k, v in q.fitted_on.items() if not isinstance(v, dict)]
+        rows += [[f"combined_s_{k}", _fmt(v)] for k, v in q.fitted_on.get("combined_s", {}).items()]
+        llr = [["threshold", "llr", "far", "frr"]] + [[k, _fmt(t.score), _fmt(t.far), _fmt(t.frr)] for k, t in q.thresholds.items()]
+        out += "\n" + format_table(rows) + "\n" + format_table(llr)
+    return out
 
 
 def _json_safe(obj):
@@ -168,7 +178,11 @@ def score(
 
     With --calibrate, fit llr = a * score + b by prior-weighted logistic regression (BOSARIS) and store it, with
     thresholds at the EER, minDCF, the Bayes decision and --far, in a gallery (-g) or a copy of a model
-    (--model IN --model-out OUT); `verify` and `identify` use them.
+    (--model IN --model-out OUT); `verify` and `identify` use them. Scores with the seconds of speech of both
+    sides (ENROLL TEST SCORE LABEL ENROLL_SPEECH TEST_SPEECH, as `verify --trials` writes them) also fit a
+    duration-aware calibration, llr = a * score + b + c * log(1 / (1/E + 1/T)) (E, T: the speech seconds, each
+    clamped to [0.25, 30]), with those thresholds on the llr: each trial is then decided at the raw threshold its
+    durations give.
 
     \b
     Examples:
@@ -251,7 +265,15 @@ def _calibrate(
     if gallery is not None:
         gallery_json(gallery)  # fail on a missing gallery before the fit, not after
     data = _labelled(src, trials)
-    cal = calibration.calibrate(data.target, data.nontarget, p_target, far, _source(src), c_miss, c_fa)
+    speech = data.speech
+    if speech is not None and np.isnan(speech).any():
+        log.warning("%s: %d of %d trials lack the seconds of speech of a side; the calibration is duration-free",
+                    _source(src), int(np.isnan(speech).any(1).sum()), len(speech))
+        speech = None
+    by_label = (None, None) if speech is None else (speech[data.label], speech[~data.label])
+    cal = calibration.calibrate(data.target, data.nontarget, p_target, far, _source(src), c_miss, c_fa, *by_label)
+    if speech is not None and cal.qmf is None:
+        log.warning("%s: duration-aware calibration %s", _source(src), cal.fitted_on.get("qmf", "not fitted"))
     if gallery is not None:
         written = str(save_calibration(gallery, cal))
     else:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
+import numpy as np
 import typer
 
 from spkid import lists, streams
@@ -138,7 +139,9 @@ def _pair(args: list[str], g: Gallery | None, speaker: str | None, opts: EmbedOp
     else:
         score = decisions.pair_score(vecs[0], vecs[1], cohort)
         names = (_shown(args[0]), _shown(args[1]))
-    thr = choose_threshold(rule, g, ref, emb.spec, as_norm=cohort is not None)
+    enroll_s = (decisions.enrolled_seconds(g.seconds, g.index(speaker)) if g is not None
+                else decisions.speech_seconds(quals[0]))
+    thr = choose_threshold(rule, g, ref, emb.spec, as_norm=cohort is not None).at(enroll_s, decisions.speech_seconds(quals[-1]))
     if thr.score is None and quiet:
         raise SpkidError(f"-q needs a decision, but there is {decisions.NO_THRESHOLD}")
     quality = {"enroll": None if g is not None else quals[0].to_dict(), "test": quals[-1].to_dict()}
@@ -155,8 +158,9 @@ def _pair(args: list[str], g: Gallery | None, speaker: str | None, opts: EmbedOp
 
 def _trials(path: str, g: Gallery | None, embeddings: str | None, root: str | None, opts: EmbedOptions,
             rule: RuleOptions, output: str | None, min_speech: float, jobs: int, skip_bad: bool) -> None:
-    """One ENROLL TEST SCORE LABEL line per trial of the trials file `path`; files without enough speech are
-    refused (strict) or skipped with their trials (--skip-bad)."""
+    """One ENROLL TEST SCORE LABEL line per trial of the trials file `path`, and the seconds of speech of both
+    sides when any is known (`-` where not); files without enough speech are refused (strict) or skipped with
+    their trials (--skip-bad)."""
     from spkid import decisions, gallery, trials
 
     with streams.open_input(path) as f:
@@ -186,21 +190,28 @@ def _trials(path: str, g: Gallery | None, embeddings: str | None, root: str | No
         rows = gate_embeddings(src, min_speech, "verification", skip_bad)
         vec = decisions.vectors_for(files, src.keys[rows], src.values[rows], lambda f: _rooted(f, root), embeddings,
                                     path, skipped={str(k) for k in src.keys} - {str(k) for k in src.keys[rows]})
+        by_key = {} if src.quality is None else {str(k): decisions.speech_seconds(q) for k, q in zip(src.keys, src.quality)}
+        speech = {f: by_key.get(f, by_key.get(_rooted(f, root))) for f in vec}
     else:
         from spkid.embedding import model_for_gallery
 
         ref = model_for_gallery(opts.model, g, opts.backend)
         sha = ref.sha256
         entries = [lists.Entry(_rooted(f, root)) for f in files]
-        good, vecs, _ = embed_entries(embedder(opts, ref, jobs), entries, jobs=jobs, skip_bad=skip_bad, desc="verify",
+        good, vecs, quals = embed_entries(embedder(opts, ref, jobs), entries, jobs=jobs, skip_bad=skip_bad, desc="verify",
                                       min_speech=min_speech, purpose="verification")
         by_path = {e.path: v for e, v in zip(good, vecs)}
         vec = {f: by_path[_rooted(f, root)] for f in files if _rooted(f, root) in by_path}
+        seconds = {e.path: decisions.speech_seconds(q) for e, q in zip(good, quals)}
+        speech = {f: seconds[_rooted(f, root)] for f in vec}
     cohort = load_cohort(rule.cohort, sha) if rule.cohort else None
     kept, scores = decisions.score_trials(t, vec, g, rule.score_by, cohort)
     if len(kept) < len(t.enroll):
         log.warning("%d of %d trials dropped: their files were skipped", len(t.enroll) - len(kept), len(t.enroll))
-    streams.write_text(trials.format_scores(t, kept, scores), output)
+    sides = np.array([[decisions.enrolled_seconds(g.seconds, g.index(t.enroll[i])) if g is not None else speech.get(t.enroll[i]),
+                       speech.get(t.test[i])] for i in kept], dtype=np.float64)  # None -> NaN: unknown
+    known = not np.isnan(sides).all()
+    streams.write_text(trials.format_scores(t, kept, scores, sides if known else None), output)
 
 
 def _shown(arg: str) -> str:
