@@ -40,8 +40,10 @@ def data() -> Path:
     need = ["librispeech_tc100", "noise", *(f"extra_speakers/{c}" for c in devsplit.EXTRA)]
     missing = [d for d in need if not (SHARED_DATA / d).is_dir()]
     if missing:
-        pytest.skip(f"needs the shared corpora at {SHARED_DATA} (missing: {', '.join(missing)}); CI and developer "
-                    "machines have them beside the checkout, a fresh clone does not")
+        pytest.skip(f"needs the whole development corpus, not found at {SHARED_DATA}: {', '.join(missing)} "
+                    "(librispeech_tc100 and noise as in conftest.shared_data; extra_speakers: four small corpora of "
+                    "other speakers, its README.md tells their sources). CI and developer machines have it beside "
+                    "the checkout; a fresh clone does not")
     return SHARED_DATA
 
 
