@@ -1,4 +1,5 @@
-"""Data augmentation for training: additive noise, simulated reverberation, speed perturbation, SpecAugment.
+"""Data augmentation for training: additive noise, simulated reverberation, speed perturbation, level changes,
+telephone band, SpecAugment.
 
 Waveform-level steps work on 1-D float numpy arrays (they run in DataLoader workers; torch is not imported);
 SpecAugment works on a `(frames, dims)` feature matrix, numpy or torch. Every random choice comes from the generator
@@ -8,7 +9,8 @@ References: Ko, Peddinti, Povey, Seltzer, Khudanpur, "A study on data augmentati
 speech recognition", ICASSP 2017 (reverberation + additive noise, Kaldi); Ko, Peddinti, Povey, Khudanpur, "Audio
 augmentation for speech recognition", Interspeech 2015 (speed perturbation 0.9/1.0/1.1); Park et al., "SpecAugment",
 Interspeech 2019 (time and frequency masking); Schroeder, "New method of measuring reverberation time", JASA 1965
-(exponentially decaying noise as a model of a late reverberation tail).
+(exponentially decaying noise as a model of a late reverberation tail); ITU-T G.711 (mu-law companding, mu = 255,
+8 bits) and G.712 (the 300-3400 Hz telephone channel band).
 
 Speed perturbation changes pitch and formants as well as tempo, so Kaldi's and WeSpeaker's VoxCeleb recipes treat
 each speed-perturbed copy of a speaker (0.9, 1.1) as a new speaker: `Augmenter.augment` returns the factor it used so
@@ -25,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import fftconvolve, resample_poly
+from scipy.signal import butter, fftconvolve, resample_poly, sosfilt
 
 from spkid.audio import check_samples
 from spkid.errors import SpkidError
@@ -41,6 +43,11 @@ class AugmentConfig:
     reverb: convolve with a synthetic room impulse response, RT60 uniform in `rt60` (s), direct-to-reverberant
       ratio uniform in `drr_db` (dB).
     speed: resample by a factor drawn from `speed_factors` (1.1 = 10 % faster and shorter, pitch 10 % higher).
+    gain: scale by a level drawn uniformly from `gain_db` (dB); with `gain_clip`, samples beyond full scale (+-1) are
+      clipped, as a recorder driven too hard does.
+    telephone: a narrowband channel: resample to `telephone_rate` (Hz) and back (nothing above its Nyquist
+      frequency survives), a high-pass at `telephone_highpass` (Hz; 0 = none), and with probability `mulaw_prob`
+      8-bit mu-law quantisation (G.711) of the narrowband signal.
     specaug: on features, `freq_masks` bands of width uniform in `freq_mask_width` (bins, inclusive) and
       `time_masks` spans of width uniform in `time_mask_width` (frames, inclusive), filled with the matrix mean.
     """
@@ -55,6 +62,15 @@ class AugmentConfig:
     reverb_prob: float = 1.0
     speed: bool = False
     speed_factors: tuple[float, ...] = (0.9, 1.0, 1.1)
+    gain: bool = False
+    gain_db: tuple[float, float] = (-20.0, 10.0)
+    gain_clip: bool = True
+    gain_prob: float = 1.0
+    telephone: bool = False
+    telephone_rate: int = 8000
+    telephone_highpass: float = 300.0
+    mulaw_prob: float = 0.5
+    telephone_prob: float = 1.0
     specaug: bool = False
     freq_masks: int = 2
     freq_mask_width: tuple[int, int] = (0, 8)
@@ -115,6 +131,46 @@ def speed_perturb(wave: np.ndarray, factor: float) -> np.ndarray:
     frac = Fraction(factor).limit_denominator(100)
     out = resample_poly(wave.astype(np.float64), frac.denominator, frac.numerator)
     return out.astype(wave.dtype, copy=False)
+
+
+def apply_gain(wave: np.ndarray, db: float, clip: bool = True) -> np.ndarray:
+    """`wave` scaled by `db` decibels; with `clip`, limited to full scale [-1, 1]. Same dtype."""
+    out = wave.astype(np.float64) * 10.0 ** (db / 20.0)
+    if clip:
+        np.clip(out, -1.0, 1.0, out=out)
+    return out.astype(wave.dtype, copy=False)
+
+
+def mulaw_quantize(wave: np.ndarray, bits: int = 8, mu: float = 255.0) -> np.ndarray:
+    """Mu-law companding, quantisation to `bits` bits, expansion (G.711's law in its continuous form). Input beyond
+    full scale is clipped first; the result is float64 in [-1, 1]."""
+    x = np.clip(wave.astype(np.float64), -1.0, 1.0)
+    y = np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu)
+    levels = 2 ** (bits - 1) - 1  # 127 steps each side of zero for 8 bits
+    y = np.round(y * levels) / levels
+    return np.sign(y) * np.expm1(np.abs(y) * np.log1p(mu)) / mu
+
+
+def telephone_band(wave: np.ndarray, sr: int, rate: int = 8000, highpass: float = 300.0,
+                   mulaw: bool = False) -> np.ndarray:
+    """`wave` (at `sr` Hz) through a narrowband channel: polyphase resampling to `rate` Hz (its anti-aliasing
+    filter removes everything above `rate / 2`), a 4th-order Butterworth high-pass at `highpass` Hz (0: none),
+    optional 8-bit mu-law quantisation at `rate`, and resampling back to `sr`. Same length and dtype as `wave`."""
+    if rate <= 0 or rate > sr:
+        raise SpkidError(f"telephone rate must be in (0, {sr}] Hz, got {rate}")
+    if not 0 <= highpass < rate / 2:
+        raise SpkidError(f"telephone high-pass must be in [0, {rate / 2:g}) Hz, got {highpass}")
+    g = int(np.gcd(sr, rate))
+    x = resample_poly(wave.astype(np.float64), rate // g, sr // g) if rate != sr else wave.astype(np.float64)
+    if highpass > 0:
+        x = sosfilt(butter(4, highpass, "highpass", fs=rate, output="sos"), x)
+    if mulaw:
+        x = mulaw_quantize(x)
+    if rate != sr:
+        x = resample_poly(x, sr // g, rate // g)
+    if len(x) < len(wave):
+        x = np.pad(x, (0, len(wave) - len(x)))
+    return x[: len(wave)].astype(wave.dtype, copy=False)
 
 
 def spec_augment(
@@ -199,14 +255,20 @@ class Augmenter:
         self.noise_bank = NoiseBank(cfg.noise_files) if cfg.noise else None
         if cfg.speed and not cfg.speed_factors:
             raise SpkidError("speed perturbation is on but speed_factors is empty")
+        if cfg.gain and not cfg.gain_db[0] <= cfg.gain_db[1]:
+            raise SpkidError(f"gain_db must be (low, high) with low <= high, got {cfg.gain_db}")
+        if cfg.telephone and not 0 <= cfg.telephone_highpass < cfg.telephone_rate / 2:
+            raise SpkidError(f"telephone_highpass must be in [0, telephone_rate / 2), got {cfg.telephone_highpass} Hz "
+                             f"at {cfg.telephone_rate} Hz")
 
     def reseed(self, seed: Any) -> None:
         """Replace the generator (see `make_rng`)."""
         self.rng = make_rng(seed)
 
     def augment(self, wave: np.ndarray, sr: int) -> tuple[np.ndarray, float]:
-        """Speed, then reverberation, then noise, each if switched on and drawn; returns the new 1-D wave (same dtype)
-        and the speed factor used (1.0 when speed perturbation is off), for trainers that relabel speakers by factor."""
+        """Speed, reverberation, noise, gain, then the telephone channel, each if switched on and drawn; returns the
+        new 1-D wave (same dtype) and the speed factor used (1.0 when speed perturbation is off), for trainers that
+        relabel speakers by factor. A step that is off draws nothing from the generator."""
         cfg = self.cfg
         out = np.asarray(wave)
         factor = 1.0
@@ -220,6 +282,11 @@ class Augmenter:
         if self.noise_bank is not None and self.rng.random() < cfg.noise_prob:
             noise = self.noise_bank.segment(len(out), sr, self.rng)
             out = mix_at_snr(out, noise, self.rng.uniform(*cfg.snr_db))
+        if cfg.gain and self.rng.random() < cfg.gain_prob:
+            out = apply_gain(out, self.rng.uniform(*cfg.gain_db), cfg.gain_clip)
+        if cfg.telephone and self.rng.random() < cfg.telephone_prob:
+            mulaw = bool(self.rng.random() < cfg.mulaw_prob)
+            out = telephone_band(out, sr, cfg.telephone_rate, cfg.telephone_highpass, mulaw)
         return out, factor
 
     def __call__(self, wave: np.ndarray, sr: int) -> np.ndarray:

@@ -155,6 +155,7 @@ class CropSet:
         self.speed_as_speakers = speed_as_speakers
         self.crop_frames = crop_frames
         self.augment = augment if augment is not None and (augment.noise or augment.reverb or augment.speed
+                                                           or augment.gain or augment.telephone
                                                            or augment.specaug) else None
         self._augmenter: Augmenter | None = None
 

@@ -1,4 +1,5 @@
-"""Augmentation: SNR of the mix, synthetic RIR decay, speed factor, SpecAugment masks, seeded repeatability."""
+"""Augmentation: SNR of the mix, synthetic RIR decay, speed factor, level and clipping, telephone band and mu-law,
+SpecAugment masks, seeded repeatability."""
 
 from __future__ import annotations
 
@@ -7,7 +8,18 @@ import pytest
 import soundfile as sf
 import torch
 
-from spkid.augment import AugmentConfig, Augmenter, mix_at_snr, reverberate, spec_augment, speed_perturb, synth_rir
+from spkid.augment import (
+    AugmentConfig,
+    Augmenter,
+    apply_gain,
+    mix_at_snr,
+    mulaw_quantize,
+    reverberate,
+    spec_augment,
+    speed_perturb,
+    synth_rir,
+    telephone_band,
+)
 from spkid.errors import SpkidError
 
 from conftest import synth_voice
@@ -143,7 +155,8 @@ def full_config(tmp_path) -> AugmentConfig:
     noise = np.random.default_rng(5).standard_normal(SR * 3)
     sf.write(tmp_path / "n.wav", 0.1 * noise, SR)
     return AugmentConfig(noise=True, noise_files=(str(tmp_path / "n.wav"),), reverb=True, reverb_prob=0.5,
-                         speed=True, specaug=True)  # fmt: skip
+                         speed=True, specaug=True, gain=True, gain_prob=0.5, telephone=True,
+                         telephone_prob=0.5)  # fmt: skip
 
 
 def test_seeded_repeatability(voice, tmp_path):
@@ -161,3 +174,69 @@ def test_seeded_repeatability(voice, tmp_path):
     assert all(np.array_equal(x, y) for x, y in zip(ta, tb))
     na, nb = run(np.random.default_rng(11)), run(np.random.default_rng(11))
     assert all(np.array_equal(x, y) for x, y in zip(na, nb))
+
+
+def tone_db(x: np.ndarray, hz: float) -> float:
+    """Level (dB) of the `hz` component of `x` (Hann-windowed FFT peak within 5 Hz)."""
+    spec = np.abs(np.fft.rfft(x.astype(np.float64) * np.hanning(len(x))))
+    freqs = np.fft.rfftfreq(len(x), 1 / SR)
+    return 20 * np.log10(spec[np.abs(freqs - hz) <= 5].max() + 1e-20)
+
+
+def test_telephone_band_keeps_the_voice_band_and_removes_the_rest():
+    t = np.arange(SR) / SR
+    parts = {100.0: 0.2, 1000.0: 0.2, 3000.0: 0.2, 5500.0: 0.2}
+    x = sum(a * np.sin(2 * np.pi * f * t) for f, a in parts.items()).astype(np.float32)
+    y = telephone_band(x, SR)
+    assert y.dtype == np.float32 and y.shape == x.shape
+    for f in (1000.0, 3000.0):  # in the band: kept within 1 dB
+        assert tone_db(y, f) == pytest.approx(tone_db(x, f), abs=1.0)
+    assert tone_db(y, 5500.0) < tone_db(x, 5500.0) - 40  # above 4 kHz: gone (anti-aliasing at 8 kHz)
+    assert tone_db(y, 100.0) < tone_db(x, 100.0) - 25  # under the 300 Hz high-pass
+    assert tone_db(telephone_band(x, SR, highpass=0.0), 100.0) == pytest.approx(tone_db(x, 100.0), abs=1.0)
+    with pytest.raises(SpkidError, match="telephone rate"):
+        telephone_band(x, SR, rate=22050)
+
+
+def test_mulaw_quantisation_has_255_levels_and_g711_noise():
+    rng = np.random.default_rng(0)
+    x = 0.3 * rng.standard_normal(SR)
+    q = mulaw_quantize(x)
+    assert np.abs(q).max() <= 1.0 and len(np.unique(q)) <= 255
+    assert np.allclose(mulaw_quantize(q), q)  # a quantised signal is a fixed point
+    snr = 10 * np.log10(np.mean(np.clip(x, -1, 1) ** 2) / np.mean((q - np.clip(x, -1, 1)) ** 2))
+    assert 30 < snr < 45  # 8-bit mu-law: about 38 dB over a wide range of levels
+    # companding: 40 dB quieter, mu-law keeps most of its SNR where linear 8-bit steps would drown the signal
+    quiet = 0.01 * x
+    snr_quiet = 10 * np.log10(np.mean(quiet**2) / np.mean((mulaw_quantize(quiet) - quiet) ** 2))
+    linear = np.round(quiet * 127) / 127
+    assert snr_quiet > 25 > 10 > 10 * np.log10(np.mean(quiet**2) / np.mean((linear - quiet) ** 2))
+    y = telephone_band(x.astype(np.float32), SR, mulaw=True)
+    assert not np.allclose(y, telephone_band(x.astype(np.float32), SR))
+
+
+def test_gain_changes_level_and_clips_at_full_scale(voice):
+    quiet = apply_gain(voice, -25.0)
+    assert quiet.dtype == voice.dtype
+    assert 20 * np.log10(np.std(quiet) / np.std(voice)) == pytest.approx(-25.0, abs=1e-3)
+    loud = apply_gain(voice / np.abs(voice).max() * 0.5, 15.0)
+    assert np.abs(loud).max() == 1.0 and np.mean(np.abs(loud) == 1.0) > 0.01
+    unclipped = apply_gain(voice / np.abs(voice).max() * 0.5, 15.0, clip=False)
+    assert np.abs(unclipped).max() == pytest.approx(0.5 * 10 ** 0.75, rel=1e-5)
+
+
+def test_augmenter_gain_and_telephone_steps(voice):
+    aug = Augmenter(AugmentConfig(gain=True, gain_db=(-6.0, -6.0), gain_clip=False), seed=0)
+    assert np.allclose(aug(voice, SR), voice * 10 ** (-6 / 20), atol=1e-6)
+    tel = Augmenter(AugmentConfig(telephone=True, mulaw_prob=0.0), seed=0)(voice, SR)
+    assert tel.shape == voice.shape and np.allclose(tel, telephone_band(voice, SR))
+    never = Augmenter(AugmentConfig(telephone=True, telephone_prob=0.0, gain=True, gain_prob=0.0), seed=0)
+    assert np.array_equal(never(voice, SR), voice)
+    # a step that is off draws nothing: the generator is where the reverb step alone leaves it
+    a = Augmenter(AugmentConfig(reverb=True), seed=4)
+    b = Augmenter(AugmentConfig(reverb=True, gain_db=(1.0, 2.0), telephone_rate=4000), seed=4)
+    assert np.array_equal(a(voice, SR), b(voice, SR)) and a.rng.random() == b.rng.random()
+    with pytest.raises(SpkidError, match="gain_db"):
+        Augmenter(AugmentConfig(gain=True, gain_db=(3.0, -3.0)))
+    with pytest.raises(SpkidError, match="telephone_highpass"):
+        Augmenter(AugmentConfig(telephone=True, telephone_highpass=4000.0))

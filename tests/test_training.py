@@ -188,3 +188,55 @@ def test_fine_tune_from_feature_files_of_the_models_front_end(wav_list: Path, tm
               f"--init resemblyzer -m lstm_ge2e --epochs 1 --steps 1 --val-speakers 0")
     assert proc.returncode == 1 and "make them with `spkid features --model`" in proc.stderr.decode()
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_crop_range_draws_one_length_per_batch(speaker_dir: Path, tmp_path: Path):
+    """`crop_min` < `crop` (configs/default_multi.toml: 0.5-2.0 s): every batch is rectangular, lengths vary
+    between batches over the whole range, short files are tiled to long crops, and a seed repeats the draws."""
+    from spkid import data
+    from spkid.lists import Entry
+
+    cfg_path = tmp_path / "c.toml"
+    cfg_path.write_text('model = "thin_resnet"\nsmall = true\nloss = "ge2e"\ncrop = 2.5\ncrop_min = 0.5\n')
+    cfg = training.load_config(cfg_path)
+    fe = cfg.frontend()
+    rate = fe.sample_rate / fe.frame_step
+    lo, hi = round(cfg.crop_min * rate), round(cfg.crop * rate)
+    entries = [Entry(str(p), p.parent.name) for p in sorted(speaker_dir.rglob("*.wav"))]
+    utts, is_feat = data.scan(entries)
+    labels = [sorted({u.speaker for u in utts}).index(u.speaker) for u in utts]
+
+    def lengths(seed: int) -> list[int]:
+        crops = data.CropSet(utts, labels, fe, is_feat, (lo, hi), cfg.augment_config())
+        batches = data.BalancedBatches(labels, 6, 40, seed, m_utt=2)
+        loader = torch.utils.data.DataLoader(crops, batch_sampler=training._Batches(batches, crops),
+                                             collate_fn=training._collate)
+        out = []
+        for x, y in loader:
+            assert x.shape[0] == 6 and x.shape[2] == fe.dims and len(y) == 6
+            out.append(x.shape[1])
+        return out
+
+    a = lengths(0)
+    assert all(lo <= n <= hi for n in a) and min(a) < lo + (hi - lo) / 4 and max(a) > hi - (hi - lo) / 4
+    assert max(a) > 2.0 * rate  # longer than the 2 s files: tiled
+    assert lengths(0) == a and lengths(1) != a
+
+
+def test_gain_and_telephone_alone_reach_the_crops(speaker_dir: Path):
+    """A config whose only waveform steps are gain or the telephone band still augments the training crops."""
+    import numpy as np
+
+    from spkid import data
+    from spkid.augment import AugmentConfig
+    from spkid.lists import Entry
+
+    fe = training.TrainConfig().frontend()
+    utts, _ = data.scan([Entry(str(p), p.parent.name) for p in sorted(speaker_dir.rglob("*.wav"))][:2])
+    item = (0, 7, 100)
+    clean = data.CropSet(utts, [0, 0], fe, False, (100, 100))[item][0]
+    for aug in (AugmentConfig(telephone=True), AugmentConfig(gain=True, gain_db=(12.0, 12.0))):
+        crops = data.CropSet(utts, [0, 0], fe, False, (100, 100), aug)
+        x = crops[item][0]
+        assert crops.augment is aug and x.shape == clean.shape and not np.allclose(x, clean, atol=1e-3)
+        assert np.array_equal(x, crops[item][0])  # the item's seed decides the draws

@@ -65,9 +65,9 @@ def train(
     Input is a labelled list of audio files (features are computed on the fly, with the config recorded) or of
     feature files from `spkid features` (their features.json is recorded). Speakers are split into training
     and validation sets (EER every epoch); crops are drawn speaker-balanced. Augmentation (noise, reverb,
-    speed, SpecAugment), model and loss options live in the config file; configs/ holds one per reproduced
-    system. Every epoch writes an atomic checkpoint: --resume continues after a crash or kill. With torchrun
-    it trains on several GPUs or nodes (DistributedDataParallel).
+    speed, gain, telephone band, SpecAugment), model and loss options live in the config file; configs/ holds
+    one per reproduced system. Every epoch writes an atomic checkpoint: --resume continues after a crash or
+    kill. With torchrun it trains on several GPUs or nodes (DistributedDataParallel).
 
     \b
     Examples:
