@@ -88,12 +88,7 @@ def read_weights(path: str | Path) -> dict:
     import torch
 
     p = Path(path)
-    try:
-        size = p.stat().st_size
-    except OSError as e:
-        raise SpkidError(f"{p}: cannot read ({e.strerror or e})") from None
-    if size > MAX_WEIGHTS:
-        raise SpkidError(f"{p}: {size} bytes is larger than any published speaker encoder; not read")
+    check_size(p)
     try:
         blob = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad or unsafe file
@@ -102,6 +97,16 @@ def read_weights(path: str | Path) -> dict:
     if not isinstance(blob, dict):
         raise SpkidError(f"{p}: expected a dict of weights, got {type(blob).__name__}")
     return blob
+
+
+def check_size(path: Path) -> None:
+    """Refuse, in one line, a weights file that cannot be read or is larger than any published encoder."""
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise SpkidError(f"{path}: cannot read ({e.strerror or e})") from None
+    if size > MAX_WEIGHTS:
+        raise SpkidError(f"{path}: {size} bytes is larger than any published speaker encoder; not read")
 
 
 def tensors(state: dict, source: str | Path, prefix: str = "") -> dict:

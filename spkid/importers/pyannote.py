@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from spkid.errors import SpkidError
-from spkid.importers import MAX_WEIGHTS, Imported, tensors
+from spkid.importers import Imported, check_size, tensors
 
 FAMILY = "pyannote"
 EXPECTS = "pyannote.audio's pytorch_model.bin of a WeSpeakerResNet (with or without config.yaml)"
@@ -125,12 +125,7 @@ def read_checkpoint(path: Path) -> dict:
     import torch
     from torch.torch_version import TorchVersion
 
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise SpkidError(f"{path}: cannot read ({e.strerror or e})") from None
-    if size > MAX_WEIGHTS:
-        raise SpkidError(f"{path}: {size} bytes is larger than any published speaker encoder; not read")
+    check_size(path)
     stand_ins: dict[str, type] = {}
     for _ in range(MAX_TRIES):
         allowed: list[Any] = [TorchVersion, *((cls, name) for name, cls in stand_ins.items())]
