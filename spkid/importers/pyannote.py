@@ -59,8 +59,7 @@ def matches(path: Path) -> bool:
 
 
 def load(path: Path) -> Imported:
-    from spkid.importers.wespeaker import check_state, make_spec
-    from spkid.kaldifbank import KaldiFbankConfig
+    from spkid.importers.wespeaker import check_state, kaldi_fbank, make_spec
     from spkid.models.wespeaker import DEPTHS
 
     weights = _weights_of(path)
@@ -75,17 +74,7 @@ def load(path: Path) -> Imported:
         raise SpkidError(f"{weights}: no state_dict in the checkpoint")
     state = tensors(state_dict, weights, PREFIX)
     hp: dict[str, Any] = blob.get("hyper_parameters") if isinstance(blob.get("hyper_parameters"), dict) else {}
-    try:
-        features = KaldiFbankConfig(
-            sample_rate=int(hp.get("sample_rate", 16000)),
-            n_filters=int(hp.get("num_mel_bins", 80)),
-            win_len=float(hp.get("frame_length", 25)) / 1000,
-            win_step=float(hp.get("frame_shift", 10)) / 1000,
-            window=str(hp.get("window_type", "hamming")),
-            norm="cmn",
-        ).to_dict()
-    except (TypeError, ValueError) as e:
-        raise SpkidError(f"{weights}: bad front-end settings in hyper_parameters ({e})") from None
+    features = kaldi_fbank(hp, hp.get("sample_rate", 16000), f"{weights}: bad front-end settings in hyper_parameters")
     if hp.get("use_energy"):
         raise SpkidError(f"{weights}: use_energy=True (an energy column); spkid's Kaldi fbank has none")
     arch = CLASSES[cls]

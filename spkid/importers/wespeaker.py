@@ -111,22 +111,29 @@ def load(path: Path) -> Imported:
 def front_end(dataset: dict[str, Any], source: Path) -> dict[str, Any]:
     """The `KaldiFbankConfig` (as a dict) of WeSpeaker's `dataset_args`: its sample rate and fbank_args, dither 0
     (inference), the Hamming window (WeSpeaker's `compute_fbank`; a `window_type` in fbank_args overrides), CMN."""
-    from spkid.kaldifbank import KaldiFbankConfig
-
     fbank = dataset.get("fbank_args") or {}
     if not isinstance(fbank, dict):
         raise SpkidError(f"{source}: dataset_args.fbank_args must be a mapping")
+    return kaldi_fbank(fbank, dataset.get("resample_rate", 16000), f"{source}: bad fbank settings")
+
+
+def kaldi_fbank(args: dict[str, Any], sample_rate: object, problem: str) -> dict[str, Any]:
+    """The `KaldiFbankConfig` (as a dict) of torchaudio `kaldi.fbank` keywords as WeSpeaker's `fbank_args` and
+    pyannote's `hyper_parameters` record them (lengths in ms; the Hamming window unless `window_type` says), the
+    utterance mean removed; `problem` starts the one-line error for values that are not numbers."""
+    from spkid.kaldifbank import KaldiFbankConfig
+
     try:
         cfg = KaldiFbankConfig(
-            sample_rate=int(dataset.get("resample_rate", 16000)),
-            n_filters=int(fbank.get("num_mel_bins", 80)),
-            win_len=float(fbank.get("frame_length", 25)) / 1000,
-            win_step=float(fbank.get("frame_shift", 10)) / 1000,
-            window=str(fbank.get("window_type", "hamming")),
+            sample_rate=int(sample_rate),
+            n_filters=int(args.get("num_mel_bins", 80)),
+            win_len=float(args.get("frame_length", 25)) / 1000,
+            win_step=float(args.get("frame_shift", 10)) / 1000,
+            window=str(args.get("window_type", "hamming")),
             norm="cmn",
         )
     except (TypeError, ValueError) as e:
-        raise SpkidError(f"{source}: bad fbank settings ({e})") from None
+        raise SpkidError(f"{problem} ({e})") from None
     return cfg.to_dict()
 
 
