@@ -23,7 +23,8 @@ from spkid import onnxexport  # noqa: E402
 from spkid.models import MODELS, SMALL, build_model  # noqa: E402
 
 FEATURES = {"kind": "fbank", "n_filters": 40}
-BUNDLED_SHA = "d0e55f10a6bbec3a161d01401c8c812bcc300cb6a2ecd7c62132a8533c35fc7e"  # galleries record it
+BUNDLED_SHA = "be3fc20da1b60daaba9ba26eb3f6727d4182ae816e23b88c0171324e703e3253"  # galleries record it
+EARLIER_BUNDLED_SHA = "d0e55f10a6bbec3a161d01401c8c812bcc300cb6a2ecd7c62132a8533c35fc7e"  # the bundled model until #19
 has_resemblyzer = __import__("importlib").util.find_spec("resemblyzer") is not None
 
 
@@ -208,7 +209,7 @@ def test_an_onnx_graph_that_does_not_match_its_record_is_refused(tmp_path: Path)
 
 def test_bundled_model_ships_both_forms_with_one_identity():
     pt, onnx = embedding.DEFAULT_MODEL, embedding.DEFAULT_MODEL.with_suffix(".onnx")
-    assert modelfile.sha256(pt) == BUNDLED_SHA  # galleries record it: it must never change
+    assert modelfile.sha256(pt) == BUNDLED_SHA  # galleries record it: it changes only with a new bundled model
     assert modelfile.verify(pt)[2] == BUNDLED_SHA
     meta = onnxnet.read_meta(onnx, verify=True)
     assert meta.sha256 == BUNDLED_SHA and meta.spec.to_json() == modelfile.header(pt)[0].to_json()
@@ -219,6 +220,24 @@ def test_bundled_model_ships_both_forms_with_one_identity():
     onnx_e = embedding.Embedder.from_model(None, "cpu").embed_signals(sigs, 16000)
     torch_e = embedding.Embedder.from_model(None, "cpu", backend="torch").embed_signals(sigs, 16000)
     assert cosine_distance(onnx_e, torch_e) < 1e-4
+
+
+def test_a_gallery_of_an_earlier_bundled_model_is_refused_with_the_way_out(tmp_path: Path):
+    clips = clip_files("enroll")[:2]
+    if len(clips) < 2:
+        pytest.skip("needs the shipped example clips (examples/clips)")
+    gal = tmp_path / "g"
+    out = sh(f"spkid enroll {clips[0]} --speaker a -g {gal} && spkid enroll {clips[1]} --speaker b -g {gal}")
+    assert out.returncode == 0, out.stderr.decode()
+    meta = json.loads((gal / "gallery.json").read_text())
+    assert meta["model"]["sha256"] == BUNDLED_SHA and meta["model"]["label"] == "default"
+    meta["model"]["sha256"] = EARLIER_BUNDLED_SHA  # as enrolled by the spkid before the model changed
+    (gal / "gallery.json").write_text(json.dumps(meta))
+    out = sh(f"spkid identify {clips[0]} -g {gal}")
+    err = out.stderr.decode()
+    assert out.returncode == 1 and out.stdout == b"" and err.count("\n") == 1, err
+    assert err.startswith(f"spkid identify: error: {gal} was enrolled with an earlier bundled model (sha256 d0e55f10a6bb...)")
+    assert "enrol its speakers again" in err and "--model" in err
 
 
 def test_spkid_export_writes_the_onnx_form_beside_the_model(tmp_path: Path):
