@@ -179,7 +179,8 @@ def test_calibrate_cli_with_and_without_durations(tmp_path):
 @pytest.fixture(scope="module")
 def probes(tmp_path_factory) -> dict:
     """A gallery of the shipped enrolment clips (bundled model) and two probes of speaker 19: a long one (the shipped
-    probe clip) and a short one (0.9 s cut from it), with what `identify --json` says of them uncalibrated."""
+    probe clip) and a short one (0.9 s cut from it), with what `identify --json` says of them (the gallery holds no
+    calibration of its own: the bundled model's decides)."""
     tmp = tmp_path_factory.mktemp("qmf")
     (tmp / "enroll.txt").write_text("".join(f"{p}\n" for p in clip_files("enroll")))
     sh(f"spkid enroll {tmp}/enroll.txt -g {tmp}/g", check=True)
@@ -190,6 +191,20 @@ def probes(tmp_path_factory) -> dict:
     out = sh(f"spkid identify {long} {short} -g {tmp}/g --json", check=True).stdout.decode()
     recs = {r["key"]: r for r in map(json.loads, out.splitlines())}
     return {"g": tmp / "g", "long": str(long), "short": str(short), "recs": recs, "tmp": tmp}
+
+
+def test_the_bundled_models_own_calibration_is_duration_aware(probes):
+    recs = probes["recs"]
+    long, short = recs[probes["long"]], recs[probes["short"]]
+    for r in (long, short):
+        assert r["threshold_source"].startswith("the calibration in model default (the bundled one)")
+        assert "duration-aware" in r["threshold_source"]
+    # its c is negative (it scores short clips lower for everyone): a short probe is decided at a lower threshold
+    assert short["threshold"] < long["threshold"] - 0.01
+    assert long["decision"] == "19"
+    v = json.loads(sh(f"spkid verify {probes['long']} {probes['short']} --json", check=True).stdout)
+    assert v["decision"] == "accept" and "duration-aware" in v["threshold_source"]
+    assert short["threshold"] - 0.02 < v["threshold"] < long["threshold"]  # its enrolled side: one clip, not two
 
 
 def test_verify_and_identify_decide_a_short_and_a_long_probe_at_their_own_thresholds(probes, tmp_path):
