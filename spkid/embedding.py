@@ -207,12 +207,12 @@ def model_for_gallery(model: str | None, g: Gallery | None, backend: str = "auto
                 raise SpkidError(f"{g.path} was built with model {rec.get('label') or path!r}, which is not found; "
                                  "pass --model FILE (the same model)") from None
     if g is not None:
-        if model is None and ref.label == "default" and g.model_sha256 not in (None, ref.sha256) \
-                and (g.meta.get("model") or {}).get("label") == "default":
+        bundled = model is None and (g.meta.get("model") or {}).get("label") == "default"
+        if bundled and g.model_sha256 not in (None, ref.sha256):
             raise SpkidError(f"{g.path} was enrolled with an earlier bundled model (sha256 {g.model_sha256[:12]}...); "
                              f"this spkid bundles another (sha256 {ref.sha256[:12]}...), and scores across models "
-                             "are meaningless: enrol its speakers again (`spkid enroll`), or pass --model with the "
-                             "model file that enrolled it")
+                             "are meaningless: enrol its speakers again in a new gallery (`spkid enroll ... -g NEW`), "
+                             "or pass --model with the model file that enrolled it")
         gallery.check_model(g.model_sha256, ref.sha256, f"the gallery {g.path}", f"the model {ref.label}")
     return ref
 

@@ -237,7 +237,7 @@ def test_a_gallery_of_an_earlier_bundled_model_is_refused_with_the_way_out(tmp_p
     err = out.stderr.decode()
     assert out.returncode == 1 and out.stdout == b"" and err.count("\n") == 1, err
     assert err.startswith(f"spkid identify: error: {gal} was enrolled with an earlier bundled model (sha256 d0e55f10a6bb...)")
-    assert "enrol its speakers again" in err and "--model" in err
+    assert "enrol its speakers again in a new gallery" in err and "--model" in err
 
 
 def test_spkid_export_writes_the_onnx_form_beside_the_model(tmp_path: Path):
