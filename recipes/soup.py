@@ -58,11 +58,9 @@ def cook(ingredients: list[tuple[str, float]]):
                                  "architecture, front end and windows can be averaged")
         if {k: tuple(v.shape) for k, v in state.items()} != {k: tuple(v.shape) for k, v in state0.items()}:
             raise SpkidError(f"{m}: its weights' names or shapes differ from {parts[0][0]}'s")
-    soup = {}
-    for k, v in state0.items():
-        if not torch.is_floating_point(v):
-            raise SpkidError(f"{parts[0][0]}: weight {k} is {v.dtype}, not floating point; it cannot be averaged")
-        soup[k] = sum(w * state[k].double() for _, w, _, state, _ in parts).to(v.dtype)
+    # integer buffers (BatchNorm's batch counters) are not weights: the first ingredient's are kept
+    soup = {k: sum(w * state[k].double() for _, w, _, state, _ in parts).to(v.dtype) if torch.is_floating_point(v)
+            else v.clone() for k, v in state0.items()}
     recipe = [{"model": m, "model_sha256": sha, "weight": w, "description": spec.training.get("config", {})
                .get("description") or spec.training.get("description") or spec.training.get("source", "")}
               for m, w, spec, _, sha in parts]

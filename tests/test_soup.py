@@ -78,3 +78,15 @@ def test_the_bundled_model_records_the_soup_it_is():
     assert [(r["model"], r["weight"]) for r in soup] == [("librispeech.pt", 0.7), ("multi.pt", 0.15), ("broad.pt", 0.15)]
     assert np.isclose(sum(r["weight"] for r in soup), 1.0)
     assert spec.calibration and spec.calibration["qmf"]["c"] < 0  # duration-aware: short trials get lower thresholds
+
+
+def test_networks_with_batchnorm_mix_their_weights_and_keep_the_counters(tmp_path: Path):
+    a = make_model(tmp_path / "a.pt", 0, name="ecapa_tdnn")
+    b = make_model(tmp_path / "b.pt", 1, name="ecapa_tdnn")
+    out = sh(f"{SOUP} {tmp_path / 's.pt'} {a}=0.5 {b}=0.5")
+    assert out.returncode == 0, out.stderr.decode()
+    (_, sa), (_, sb), (_, s) = modelfile.read(a), modelfile.read(b), modelfile.read(tmp_path / "s.pt")
+    counters = [k for k in s if k.endswith("num_batches_tracked")]
+    assert counters and all(torch.equal(s[k], sa[k]) for k in counters)
+    mixed = [k for k in s if torch.is_floating_point(s[k])]
+    assert all(torch.allclose(s[k], (sa[k] + sb[k]) / 2, atol=1e-6) for k in mixed)
