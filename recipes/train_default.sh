@@ -15,7 +15,7 @@
 #  3. broad.pt: librispeech.pt fine-tuned for 4 epochs on the same speakers with step 1's augmentations
 #     (configs/default_broad.toml);
 #  4. model.pt = 0.7 x librispeech.pt + 0.15 x multi.pt + 0.15 x broad.pt. Alone, steps 2 and 3 lose read
-#     speech; the soup keeps it and gains under every simulated condition (README, model card).
+#     speech; the soup keeps it and gains under telephone, pitch, reverberation and noise (README, model card).
 # The 51 held-out librispeech speakers give the model card's EER, and their trials (with both sides' speech
 # seconds) the duration-aware calibration stored in WORK_DIR/default_model.pt, so `spkid verify` and `identify`
 # have a threshold out of the box. Last, its ONNX form and the development suite beside the bundled model.
