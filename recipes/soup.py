@@ -1,14 +1,25 @@
-"""Average the weights of models fine-tuned from one start: a "model soup" (Wortsman et al., ICML 2022; the
-interpolation of a fine-tuned model with its start is WiSE-FT, Wortsman et al., CVPR 2022). Models that share a
-start usually sit in one basin of the loss, so their weighted mean is itself a good model, and often better
-than each ingredient away from the data each was fine-tuned on; it costs nothing at inference.
+"""Combine models: average the weights of models fine-tuned from one start (a "model soup"), or, with --ensemble,
+run them side by side and average their scores.
 
-    python recipes/soup.py OUT.pt MODEL=WEIGHT [MODEL=WEIGHT ...]
+A soup (Wortsman et al., ICML 2022; the interpolation of a fine-tuned model with its start is WiSE-FT, Wortsman et
+al., CVPR 2022): models that share a start usually sit in one basin of the loss, so their weighted mean is itself a
+good model, often better than each ingredient away from the data each was fine-tuned on, at no cost at inference.
+Every ingredient must have the same architecture, feature and embedding settings.
+
+An ensemble (`spkid.models.ensemble`): one network holding the members, whose embedding is theirs side by side,
+each scaled by the square root of its weight, so a cosine is the weighted mean of the members' cosines (score
+fusion). It costs the sum of the members' time, and gains more than a soup where the members have learnt
+different things. The members need the same feature and embedding settings only. `--dim N --fit LIST` keeps the
+N leading directions of the side-by-side embeddings of LIST's audio (an uncentred PCA: the cosines barely move
+when the members agree), so the ensemble's embedding is no larger than one member's; fit it on training
+speakers, never on the speakers you test on.
+
+    python recipes/soup.py [--ensemble [--dim N --fit LIST]] OUT.pt MODEL=WEIGHT [MODEL=WEIGHT ...]
 
 MODEL is a spkid model file (or `resemblyzer`, the pretrained encoder); the weights must be positive and sum to 1.
-Every ingredient must have the same architecture, feature and embedding settings. The soup is written atomically
-with its recipe in its training record (each ingredient's identity, weight and description) and no calibration:
-fit one on held-out trials (`spkid score --calibrate`), as recipes/train_default.sh does.
+The result is written atomically with its recipe in its training record (each ingredient's identity, weight and
+description) and no calibration: fit one on held-out trials (`spkid score --calibrate`), as
+recipes/train_default.sh does.
 """
 
 from __future__ import annotations
@@ -39,8 +50,9 @@ def read(model: str):
     return modelfile.verify(model)
 
 
-def cook(ingredients: list[tuple[str, float]]):
-    """(spec, state) of the weighted mean of the ingredients; SpkidError when they do not mix."""
+def cook(ingredients: list[tuple[str, float]], ensemble: bool = False):
+    """(spec, state) of the weighted mean of the ingredients, or of their ensemble; SpkidError when they do not
+    mix."""
     import torch
 
     from spkid.errors import SpkidError
@@ -52,34 +64,83 @@ def cook(ingredients: list[tuple[str, float]]):
     parts = [(m, w, *read(m)) for m, w in ingredients]
     _, _, first, state0, _ = parts[0]
     for m, _, spec, state, _ in parts[1:]:
-        for what in ("model", "features", "embedding"):
+        for what in ("features", "embedding") if ensemble else ("model", "features", "embedding"):
             if getattr(spec, what) != getattr(first, what):
+                kind = "front end and windows" if ensemble else "architecture, front end and windows"
                 raise SpkidError(f"{m}: its {what} settings differ from {parts[0][0]}'s; only models of one "
-                                 "architecture, front end and windows can be averaged")
-        if {k: tuple(v.shape) for k, v in state.items()} != {k: tuple(v.shape) for k, v in state0.items()}:
+                                 f"{kind} can be {'run together' if ensemble else 'averaged'}")
+        if not ensemble and {k: tuple(v.shape) for k, v in state.items()} != {k: tuple(v.shape) for k, v in state0.items()}:
             raise SpkidError(f"{m}: its weights' names or shapes differ from {parts[0][0]}'s")
-    # integer buffers (BatchNorm's batch counters) are not weights: the first ingredient's are kept
-    soup = {k: sum(w * state[k].double() for _, w, _, state, _ in parts).to(v.dtype) if torch.is_floating_point(v)
-            else v.clone() for k, v in state0.items()}
     recipe = [{"model": m, "model_sha256": sha, "weight": w, "description": spec.training.get("config", {})
                .get("description") or spec.training.get("description") or spec.training.get("source", "")}
               for m, w, spec, _, sha in parts]
-    desc = "Weight average (model soup) of " + ", ".join(f"{w:g} x {Path(m).name}" for m, w in ingredients)
+    names = ", ".join(f"{w:g} x {Path(m).name}" for m, w in ingredients)
+    if ensemble:
+        model = {"name": "ensemble", "kwargs": {"members": [spec.model for _, _, spec, _, _ in parts],
+                                                "weights": [w for _, w in ingredients]}}
+        state = {f"members.{i}.{k}": v for i, (_, _, _, st, _) in enumerate(parts) for k, v in st.items()}
+        training = {"description": f"Ensemble (score average) of {names}", "ensemble": recipe}
+        return ModelSpec(model=model, features=first.features, embedding=first.embedding, training=training), state
+    # integer buffers (BatchNorm's batch counters) are not weights: the first ingredient's are kept
+    soup = {k: sum(w * state[k].double() for _, w, _, state, _ in parts).to(v.dtype) if torch.is_floating_point(v)
+            else v.clone() for k, v in state0.items()}
     spec = ModelSpec(model=first.model, features=first.features, embedding=first.embedding,
-                     training={"description": desc, "soup": recipe})
+                     training={"description": f"Weight average (model soup) of {names}", "soup": recipe})
     return spec, soup
+
+
+def project(spec, state, dim: int, fit: Path, out: Path):
+    """(spec, state) of the ensemble `spec`/`state` projected onto the `dim` leading directions of its embeddings of
+    the audio files listed in `fit`."""
+    import os
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from spkid import modelfile, streams
+    from spkid.embedding import Embedder
+    from spkid.errors import SpkidError
+    from spkid.lists import plural
+
+    paths = [e.path for e in streams.read_list([str(fit)])]
+    if len(paths) < dim:
+        raise SpkidError(f"--fit {fit}: {plural(len(paths), 'file')} cannot fit {dim} directions; list at least "
+                         f"{dim} files of training speakers")
+    fd, tmp = tempfile.mkstemp(suffix=".pt", dir=out.parent)
+    os.close(fd)
+    try:
+        modelfile.save(tmp, modelfile.build(spec, state, tmp), spec)
+        emb = Embedder.from_model(tmp, backend="torch").embed_files(paths)
+    finally:
+        os.unlink(tmp)
+    _, sv, vt = np.linalg.svd(emb.astype(np.float64), full_matrices=False)
+    basis = vt[:dim] * np.sign(vt[:dim][np.arange(dim), np.abs(vt[:dim]).argmax(1)])[:, None]  # fixed signs
+    kept = float((sv[:dim] ** 2).sum() / (sv**2).sum())
+    spec.model["kwargs"]["dim"] = dim
+    spec.training["projection"] = {"dim": dim, "fitted_on": str(fit), "files": len(paths), "variance_kept": kept}
+    return spec, {**state, "projection": torch.from_numpy(basis.astype(np.float32))}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ensemble", action="store_true", help="run the models side by side (score average) instead of "
+                    "averaging their weights")
+    ap.add_argument("--dim", type=int, default=0, help="with --ensemble: project its embedding onto this many "
+                    "leading directions (0: none)")
+    ap.add_argument("--fit", type=Path, help="with --dim: the audio list (training speakers) to fit them on")
     ap.add_argument("out", type=Path, help="the model file to write")
     ap.add_argument("ingredients", nargs="+", type=ingredient, metavar="MODEL=WEIGHT")
     a = ap.parse_args(argv)
+    if a.dim < 0 or (a.dim and not (a.ensemble and a.fit)) or (a.fit and not a.dim):
+        ap.error("--dim N (N > 0) goes with --ensemble and --fit LIST")
     from spkid import modelfile
     from spkid.errors import SpkidError
 
     try:
-        spec, state = cook(a.ingredients)
+        spec, state = cook(a.ingredients, a.ensemble)
+        if a.dim:
+            spec, state = project(spec, state, a.dim, a.fit, a.out)
         sha = modelfile.save(a.out, modelfile.build(spec, state, a.out), spec)
     except SpkidError as e:
         print(f"soup: error: {e}", file=sys.stderr)

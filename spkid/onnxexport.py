@@ -18,6 +18,7 @@ longer here, and, like the TorchScript one, has no ONNX form of an LSTM with pro
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import warnings
@@ -30,6 +31,7 @@ from torch import nn
 
 from spkid import onnxnet
 from spkid.errors import SpkidError
+from spkid.models.ensemble import Ensemble
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,10 @@ class _FoldedProjectionLSTM(nn.Module):
 
 def exportable(net: nn.Module) -> nn.Module:
     """`net`, or an equal network made of ops that have an ONNX form."""
+    if isinstance(net, Ensemble):
+        ens = copy.deepcopy(net)
+        ens.members = nn.ModuleList(exportable(m) for m in net.members)
+        return ens
     lstm = getattr(net, "lstm", None)
     if isinstance(lstm, nn.LSTM) and lstm.proj_size > 0:
         if lstm.bidirectional or not hasattr(net, "linear"):

@@ -257,6 +257,11 @@ def train(
     init_spec = init_state = None
     if init is not None:  # fine-tuning: the starting model decides architecture and front end
         init_spec, init_state = modelfile.read(init)
+        if init_spec.model.get("name") == "ensemble":
+            members = ", ".join(r.get("model", "?") for r in init_spec.training.get("ensemble", []))
+            raise SpkidError(f"{init}: is an ensemble of {len(init_spec.model['kwargs']['members'])} networks, not "
+                             "trained as one; fine-tune a single network (--init resemblyzer, or one of its members"
+                             + (f": {members}" if members else "") + ", which recipes/train_default.sh trains)")
         if init_spec.model.get("name") != cfg.model:
             raise SpkidError(f"{init}: is a {init_spec.model.get('name')!r} model, cannot initialise {cfg.model!r}; "
                              f"use --model {init_spec.model.get('name')}")

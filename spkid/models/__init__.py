@@ -5,7 +5,7 @@ Every constructor takes explicit keywords, at least `feat_dim` and `embed_dim`, 
 and `embed_dim` attributes. `SMALL` holds, for each name, the keyword arguments of a CPU-sized variant (merge your own
 `feat_dim`/`embed_dim` on top): `build_model("ecapa_tdnn", **SMALL["ecapa_tdnn"], feat_dim=40)`.
 Families, one file each: blstm, attention_cnn (vgg_attn, resnet18_attn), thin_resnet, deep_speaker (se_resnet34,
-rescnn), ge2e_lstm (lstm_ge2e), ecapa_tdnn, resnet (resnet34).
+rescnn), ge2e_lstm (lstm_ge2e), ecapa_tdnn, resnet (resnet34); ensemble (several trained networks side by side).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from spkid.models.ge2e_lstm import LSTMGE2E
 from spkid.models.resnet import ResNet34
 from spkid.models.thin_resnet import ThinResNet
 from spkid.models import campplus, eres2net, sb_ecapa, wespeaker
+from spkid.models.ensemble import Ensemble
 
 MODELS: dict[str, type[nn.Module]] = {
     "blstm": BLSTM,
@@ -49,9 +50,11 @@ SMALL: dict[str, dict[str, Any]] = {
 }
 
 
-# The networks of published encoders of other toolkits (`spkid.importers` reads their weights into these): built
-# from model files like the others, but not offered to `spkid train` as architectures to train from scratch.
-IMPORTED: dict[str, type[nn.Module]] = {**wespeaker.MODELS, **campplus.MODELS, **eres2net.MODELS, **sb_ecapa.MODELS}
+# The networks of published encoders of other toolkits (`spkid.importers` reads their weights into these), and
+# ensembles of trained networks (`recipes/soup.py --ensemble`): built from model files like the others, but not
+# offered to `spkid train` as architectures to train.
+IMPORTED: dict[str, type[nn.Module]] = {**wespeaker.MODELS, **campplus.MODELS, **eres2net.MODELS, **sb_ecapa.MODELS,
+                                        "ensemble": Ensemble}
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
@@ -61,7 +64,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         raise SpkidError(f"unknown model {name!r}; choose from: {', '.join(MODELS)}")
     try:
         return cls(**kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise SpkidError(f"model {name!r}: {e}; check the model options in the training config") from e
 
 
