@@ -45,16 +45,11 @@ class Ensemble(nn.Module):
         if not 0 <= dim <= self.joint_dim:
             raise ValueError(f"dim {dim} is not within 0..{self.joint_dim}")
         self.embed_dim = dim or self.joint_dim
-        self.weights = list(weights)
         self.scales = [math.sqrt(w) for w in weights]
         self.projection: torch.Tensor | None
         self.register_buffer("projection", torch.zeros(dim, self.joint_dim) if dim else None)
 
-    def joint(self, x: torch.Tensor) -> torch.Tensor:
-        """The members' embeddings side by side, scaled: `(batch, joint_dim)`, unit L2 norm."""
-        return torch.cat([s * F.normalize(m(x), dim=1, eps=1e-5) for m, s in zip(self.members, self.scales)], dim=1)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`x`: `(batch, frames, feat_dim)` float32 -> `(batch, embed_dim)`, unit L2 norm."""
-        z = self.joint(x)
+        z = torch.cat([s * F.normalize(m(x), dim=1, eps=1e-5) for m, s in zip(self.members, self.scales)], dim=1)
         return z if self.projection is None else F.normalize(z @ self.projection.t(), dim=1, eps=1e-5)
