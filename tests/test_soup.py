@@ -162,6 +162,13 @@ def test_an_ensemble_needs_one_front_end_and_is_not_fine_tuned(tmp_path: Path):
     assert not (tmp_path / "e.pt").exists()
     assert sh(f"{SOUP} --ensemble {tmp_path / 'e.pt'} {a}=0.5 {a}=0.5").returncode == 0
     clips = clip_files()[:2] or pytest.skip("needs the shipped example clips (examples/clips)")
+    spec, state = modelfile.read(tmp_path / "e.pt")  # a model file whose ensemble cannot be built
+    spec.model["kwargs"]["weights"] = [0.5, 0.6]
+    modelfile._write(tmp_path / "bad.pt", spec, state)
+    out = sh(f"spkid verify {clips[0]} {clips[1]} -m {tmp_path / 'bad.pt'} --backend torch")
+    err = out.stderr.decode()
+    assert out.returncode == 1 and out.stdout == b"" and err.count("\n") == 1, err
+    assert err.startswith("spkid verify: error: model 'ensemble': the weights [0.5, 0.6] must be positive and sum to 1")
     out = sh(f"spkid train {clips[0].parents[1]} -o {tmp_path / 'ft.pt'} --init {tmp_path / 'e.pt'} --epochs 1")
     err = out.stderr.decode()
     assert out.returncode == 1 and err.count("\n") == 1, err
