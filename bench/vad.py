@@ -14,10 +14,13 @@ Protocol (also imported by scripts/train_vad.py, which keeps everything held out
   frames, recall is the share of speech frames detected, false alarm the share of non-speech frames flagged.
 - "Non-speech flagged": the share of frames a detector calls speech in the pure held-out noise, music and effects.
 - Speed: total audio seconds / total compute seconds over every clip, one thread, audio already in memory.
-- Real recordings with human labels (`REAL_LABELLED`; for now the pyannote.audio package's 30 s telephone
-  conversation in tests/data, MIT): speech is the union of the labelled turns, 10 ms frames, a 100 ms collar
-  around every labelled boundary is not scored; agreement, miss (share of speech frames not found) and false
-  alarm (share of non-speech frames flagged), every detector at its default settings.
+- Real recordings with human labels, each set and all pooled: the pyannote.audio package's 30 s telephone
+  conversation (`REAL_LABELLED`, in tests/data, MIT) and the 14 30 s multi-talker recordings of pyannote.audio's
+  own test database (its source distribution's tests/data, MIT; fetched once with pip, skipped when that fails).
+  Speech is the union of the labelled turns, 10 ms frames, a 100 ms collar around every labelled boundary is
+  not scored; agreement, miss (share of speech frames not found) and false alarm (share of non-speech frames
+  flagged), every detector at its default settings. The turns are speaker turns: pauses inside a turn count as
+  speech there, so every detector's miss is high on that set; nothing here is trained or tuned on it.
 - Music never heard: the first 90 s of each hyperrogue-music track (Debian; scripts/train_vad.py's dev music,
   never trained on), share of frames flagged; skipped when the package is not installed.
 
@@ -212,17 +215,33 @@ REAL_COLLAR_S = 0.1
 REAL_LABELLED = {  # name: audio, RTTM (speech = the union of its turns); real recordings labelled by people
     "pyannote_sample": (REPO / "tests" / "data" / "pyannote_sample.flac", REPO / "tests" / "data" / "pyannote_sample.rttm"),
 }
+# pyannote.audio's own test database (its source distribution's tests/data, MIT): 14 real 30 s recordings of
+# several talkers, with their speaker turns, fetched once with pip (26 MB) into bench/out/real
+PYANNOTE_SDIST = ("pyannote.audio", "4.0.7", "3a903dfb5ca711d134cc2522561c9158b186836f5d62e8a57c46c6648e8a8229")
+REAL_CACHE = REPO / "bench" / "out" / "real"
+
+
+def rttm_turns(text: str) -> dict[str, list[tuple[float, float]]]:
+    """RTTM text -> {recording: [(start s, duration s), ...]} of its SPEAKER lines."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) > 4 and f[0] == "SPEAKER":
+            out.setdefault(f[1], []).append((float(f[3]), float(f[4])))
+    return out
+
+
+def turn_labels(turns: list[tuple[float, float]], n_frames: int) -> np.ndarray:
+    """Bool 10 ms frames inside any turn (frame i covers [10 i, 10 i + 10) ms)."""
+    mask = np.zeros(n_frames, bool)
+    for start, dur in turns:
+        mask[int(round(start * 100)) : int(round((start + dur) * 100))] = True
+    return mask
 
 
 def rttm_labels(path: Path, n_frames: int) -> np.ndarray:
-    """Bool 10 ms frames inside any turn of an RTTM file (frame i covers [10 i, 10 i + 10) ms)."""
-    mask = np.zeros(n_frames, bool)
-    for line in path.read_text().splitlines():
-        f = line.split()
-        if len(f) > 4 and f[0] == "SPEAKER":
-            start, dur = float(f[3]), float(f[4])
-            mask[int(round(start * 100)) : int(round((start + dur) * 100))] = True
-    return mask
+    """Bool 10 ms frames inside any turn of a one-recording RTTM file."""
+    return turn_labels([t for turns in rttm_turns(path.read_text()).values() for t in turns], n_frames)
 
 
 def real_labelled() -> list[Mixture]:
@@ -231,6 +250,60 @@ def real_labelled() -> list[Mixture]:
     for name, (wav, rttm) in REAL_LABELLED.items():
         x = load(wav)
         out.append(Mixture(0, "real", name, x, rttm_labels(rttm, len(x) // HOP)))
+    return out
+
+
+def fetch_pyannote_tests(cache: Path = REAL_CACHE) -> Path | None:
+    """The folder holding pyannote.audio's test recordings and RTTMs, downloading its source distribution with pip
+    the first time (checked against `PYANNOTE_SDIST`'s sha256); None, with the reason on stderr, when that fails."""
+    import hashlib
+    import subprocess
+    import tarfile
+
+    name, version, sha = PYANNOTE_SDIST
+    folder = cache / f"pyannote-{version}"
+    if (folder / "done").is_file():
+        return folder
+    cache.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+           f"{name}=={version}", "-d", str(cache)]
+    got = sorted(cache.glob(f"pyannote_audio-{version}.tar.gz"))
+    if not got:
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        got = sorted(cache.glob(f"pyannote_audio-{version}.tar.gz"))
+        if not got:
+            print(f"# pyannote.audio test recordings: `{' '.join(cmd)}` failed: "
+                  f"{(run.stderr.strip().splitlines() or ['?'])[-1]}; section skipped", file=sys.stderr)
+            return None
+    if hashlib.sha256(got[0].read_bytes()).hexdigest() != sha:
+        print(f"# {got[0]}: sha256 is not {sha}; section skipped", file=sys.stderr)
+        return None
+    folder.mkdir(exist_ok=True)
+    with tarfile.open(got[0]) as tar:
+        for m in tar.getmembers():  # only the data files, written under names of our own
+            parts = m.name.split("/")
+            if m.isfile() and parts[1:3] == ["tests", "data"] and parts[-1].endswith((".wav", ".rttm")):
+                (folder / parts[-1]).write_bytes(tar.extractfile(m).read())
+    (folder / "done").write_text(sha + "\n")
+    return folder
+
+
+def pyannote_tests() -> list[Mixture]:
+    """pyannote.audio's 14 labelled test recordings (`fetch_pyannote_tests`), [] when they cannot be fetched."""
+    folder = fetch_pyannote_tests()
+    if folder is None:
+        return []
+    turns: dict[str, list[tuple[float, float]]] = {}
+    for rttm in sorted(folder.glob("debug.*.rttm")):
+        turns.update(rttm_turns(rttm.read_text(encoding="utf-8")))
+    out = []
+    for uri in sorted(turns):
+        wav = folder / f"{uri}.wav"
+        if not wav.is_file():  # trn00's file is named with an n-tilde, to test unicode paths
+            wav = folder / f"{uri.replace('n', 'ñ', 1)}.wav"
+        x, sr = sf.read(str(wav), dtype="float32")
+        assert sr == SR and x.ndim == 1, wav
+        out.append(Mixture(0, "real", uri, x, turn_labels(turns[uri], len(x) // HOP)))
     return out
 
 
@@ -275,14 +348,15 @@ def frames_from_segments(segs: np.ndarray, n_frames: int) -> np.ndarray:
     return mask
 
 
-def method_spkid():
+def method_spkid(model: Path | None = None):
     from spkid import vad
 
     cfg = vad.VadConfig()
-    vad.speech_prob(np.zeros(SR, np.float32), SR)  # load the weights outside the timing
+    net = vad.VadModel(model) if model else None
+    vad.speech_prob(np.zeros(SR, np.float32), SR, model=net)  # load the weights outside the timing
 
     def run(x: np.ndarray) -> np.ndarray:
-        return frames_from_segments(vad.segments(x, SR, cfg), len(x) // HOP)
+        return frames_from_segments(vad.segments(x, SR, cfg, net), len(x) // HOP)
 
     return run
 
@@ -332,8 +406,8 @@ def method_silero():
     return run
 
 
-def methods() -> dict:
-    out = {"spkid": method_spkid, "energy": method_energy, "webrtcvad-3": method_webrtc, "silero-vad": method_silero}
+def methods(spkid_model: Path | None = None) -> dict:
+    out = {"spkid": lambda: method_spkid(spkid_model), "energy": method_energy, "webrtcvad-3": method_webrtc, "silero-vad": method_silero}
     found = {}
     for name, make in out.items():
         try:
@@ -384,32 +458,38 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="11 sessions instead of 44")
     ap.add_argument("--only", nargs="*", help="methods to run (default: all installed)")
     ap.add_argument("--json", help="write the figures to this file")
+    ap.add_argument("--spkid-model", type=Path, help="spkid's VAD network (.npz from scripts/train_vad.py; "
+                                                       "default: the shipped one)")
     args = ap.parse_args()
     if not (DATA / "librispeech_tc100").is_dir():
         sys.exit(f"bench/vad.py: shared data not found at {DATA}")
     mixtures = bench_mixtures(11 if args.quick else 44)
     clips = bench_nonspeech()
     vocal = [Clip(VOCAL_NOISE, "vocal", noise_part(load(DATA / "noise" / VOCAL_NOISE), NOISE_BENCH_FROM, 1.0))]
-    ms = methods()
+    ms = methods(args.spkid_model)
     if args.only:
         ms = {k: v for k, v in ms.items() if k in args.only}
     n_speech = sum(len(m.signal) for m in mixtures) / SR / len(SNRS)
     print(f"# {len(mixtures) // len(SNRS)} sessions ({n_speech:.0f} s) x SNR {SNRS} dB; "
           f"{len(clips)} held-out non-speech clips ({sum(len(c.signal) for c in clips) / SR:.0f} s)")
-    real = real_labelled()
+    real = {"pyannote sample": real_labelled(), "pyannote tests": pyannote_tests()}
+    real = {k: v for k, v in real.items() if v}
+    real["all real"] = [m for v in real.values() for m in v]
     unseen = unseen_music()
     results = {}
     for name, run in ms.items():
         table, tc1, ta1 = score_mixtures(run, mixtures)
         flagged, tc2, ta2 = score_nonspeech(run, clips + vocal)
         results[name] = {"table": table, "flagged": flagged, "speed": (ta1 + ta2) / max(tc1 + tc2, 1e-9),
-                         "real": score_real(run, real), "unseen": score_nonspeech(run, unseen)[0]}
-    print(f"\n## real recordings, human labels ({', '.join(m.source for m in real)}; "
-          f"{sum(len(m.signal) for m in real) / SR:.0f} s; 10 ms frames, collar {REAL_COLLAR_S * 1000:.0f} ms)")
-    print(f"{'method':<12} {'agreement':>10} {'miss':>8} {'false alarm':>12}")
-    for name, r in results.items():
-        q = r["real"]
-        print(f"{name:<12} {q['agreement']:>10.3f} {q['miss'] * 100:>7.1f}% {q['false_alarm'] * 100:>11.1f}%")
+                         "real": {k: score_real(run, v) for k, v in real.items()},
+                         "unseen": score_nonspeech(run, unseen)[0]}
+    print(f"\n## real recordings, human labels (10 ms frames, collar {REAL_COLLAR_S * 1000:.0f} ms): "
+          + "; ".join(f"{k} {len(v)} x {sum(len(m.signal) for m in v) / SR:.0f} s" for k, v in real.items()))
+    print(f"{'set':<16} {'method':<12} {'agreement':>10} {'miss':>8} {'false alarm':>12}")
+    for k in real:
+        for name, r in results.items():
+            q = r["real"][k]
+            print(f"{k:<16} {name:<12} {q['agreement']:>10.3f} {q['miss'] * 100:>7.1f}% {q['false_alarm'] * 100:>11.1f}%")
     print("\n## agreement / recall / false alarm on speech+noise mixtures (collar 150 ms)")
     print(f"{'method':<12} " + " ".join(f"{f'{s} dB agr/rec/fa':>20}" for s in SNRS) + f" {'x real time':>12}")
     for name, r in results.items():

@@ -33,7 +33,12 @@ Data split (see bench/vad.py for the benchmark side; nothing the benchmark score
 Labels come from the dry speech with the benchmark's reference rule (35 dB below loud frames, pauses < 200 ms
 filled), times silero-vad's probability on the same dry speech (`--teacher silero`, the default): silero-vad (MIT)
 is distilled where people and energy differ, pauses between phrases, breaths, the edges of words. Non-speech
-examples keep target 0.
+examples keep target 0. Two things real recordings hold and people do not label as speech (with the teacher):
+- voices in the background: a fifth of the speech examples get 1-3 other talkers, each 18-40 dB below the
+  foreground speech (`--babble-share`); they are not speech in the targets;
+- speech too faint to count: 15 % of the examples are played at -85 to -45 dBFS instead of -45 to -12
+  (`--quiet-share`), their speech targets times silero-vad's probability on what is played, noise and all.
+Neither is measured on anything trained here: the real labelled recordings of bench/vad.py are the check.
 """
 
 from __future__ import annotations
@@ -372,6 +377,9 @@ def load_music(files: list[Path], seed: int) -> list[np.ndarray]:
     return out
 
 
+LEVEL_DB = (-45.0, -12.0)  # dBFS RMS of the examples
+QUIET_DB = (-85.0, -45.0)  # dBFS RMS of the `--quiet-share` examples
+BABBLE_DB = (18.0, 40.0)  # dB from the foreground speech down to each background talker's (`--babble-share`)
 EXTRA_SPEECH = bench.DATA / "extra_speakers"  # other languages, children, command words: training only
 TEACHER_SLACK = 2  # 10 ms frames: silero's probability is spread this far each way (its 32 ms frames lag)
 
@@ -385,12 +393,28 @@ def teacher_labels(dry: np.ndarray, lab: np.ndarray) -> np.ndarray:
     """Soft 10 ms targets for dry speech: the energy labels `lab` (pauses under 200 ms filled) times silero-vad's
     probability on the dry speech (spread over `TEACHER_SLACK` frames), so pauses that silero hears as pauses,
     breaths and lip noise are not speech, and nothing quieter than the energy floor is."""
+    return lab.astype(np.float32) * teacher_prob(dry, len(lab))
+
+
+def teacher_prob(x: np.ndarray, frames: int) -> np.ndarray:
+    """silero-vad's probability per 10 ms frame of `x` (the first `frames`), each frame's the highest within
+    `TEACHER_SLACK` frames."""
     from spkid import vadsilero
 
-    p = vadsilero.speech_prob(dry.astype(np.float32))[: len(lab)]
+    p = vadsilero.speech_prob(x.astype(np.float32))[:frames]
     pad = np.pad(p, TEACHER_SLACK, mode="edge")
-    spread = np.max(np.stack([pad[k : k + len(p)] for k in range(2 * TEACHER_SLACK + 1)]), axis=0)
-    return lab.astype(np.float32) * spread
+    return np.max(np.stack([pad[k : k + len(p)] for k in range(2 * TEACHER_SLACK + 1)]), axis=0)
+
+
+def babble(rng: np.random.Generator, pools: Pools, x: np.ndarray, lab: np.ndarray) -> np.ndarray:
+    """`x` with 1-3 other talkers (their own sessions, pauses included) behind it, their speech `BABBLE_DB` below
+    the foreground's: voices in the background, which people do not label as speech (nor does the target)."""
+    fg = np.mean(x[: len(lab) * HOP].reshape(len(lab), HOP)[lab] ** 2) if lab.any() else np.mean(x**2)
+    for _ in range(rng.integers(1, 4)):
+        y, ylab = speech_session(rng, pools, len(x))
+        bg = np.mean(y[: len(ylab) * HOP].reshape(len(ylab), HOP)[ylab] ** 2) if ylab.any() else np.mean(y**2)
+        x = x + y * np.sqrt(fg / (bg + 1e-12) / 10 ** (rng.uniform(*BABBLE_DB) / 10))
+    return x
 
 
 class Pools:
@@ -465,10 +489,13 @@ def speech_session(rng: np.random.Generator, pools: Pools, n: int) -> tuple[np.n
     return x[off : off + n], lab[off // HOP : (off + n) // HOP]
 
 
-def make_example(rng: np.random.Generator, pools: Pools, n: int, share: float,
-                 teacher: bool = False, narrowband: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def make_example(rng: np.random.Generator, pools: Pools, n: int, share: float, teacher: bool = False,
+                 narrowband: bool = False, babble_share: float = 0.0,
+                 quiet_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(signal float32 (n,), labels (n // 160,): bool, or float soft targets with `teacher`); a `share` of the
-    examples hold no speech."""
+    examples hold no speech. With `teacher`, a `babble_share` of the speech examples get background talkers
+    (`babble`), and a `quiet_share` of all examples is played `QUIET_DB` quiet, their speech targets times
+    silero-vad's probability on what is played (it hears less of speech that faint, as people do)."""
     r = rng.random()
     if r < share:
         x, lab = nonspeech(rng, pools, n), np.zeros(n // HOP, bool)
@@ -477,6 +504,8 @@ def make_example(rng: np.random.Generator, pools: Pools, n: int, share: float,
     else:
         x, lab = speech_session(rng, pools, n)
         target = teacher_labels(x, lab) if teacher else lab
+        if teacher and babble_share and rng.random() < babble_share:
+            x = babble(rng, pools, x, lab)
         if rng.random() < 0.3:
             x = band_limit(rng, x)
         if rng.random() < 0.25:
@@ -488,13 +517,18 @@ def make_example(rng: np.random.Generator, pools: Pools, n: int, share: float,
             x = x + rng.standard_normal(n) * 10 ** (rng.uniform(-90, -50) / 20)
     if narrowband and rng.random() < NARROWBAND_SHARE:  # 8 kHz audio (telephone) resampled to 16 kHz
         x = resample_poly(resample_poly(x, 1, 2), 2, 1)[:n]
-    x = x * (10 ** (rng.uniform(-45, -12) / 20) / (np.sqrt(np.mean(x**2)) + 1e-12))
-    return np.clip(x, -1, 1).astype(np.float32), lab if r < share else target
+    quiet = teacher and bool(quiet_share) and rng.random() < quiet_share
+    gain = 10 ** (rng.uniform(*(QUIET_DB if quiet else LEVEL_DB)) / 20) / (np.sqrt(np.mean(x**2)) + 1e-12)
+    x = np.clip(x * gain, -1, 1).astype(np.float32)
+    if r < share:
+        return x, lab
+    return x, target * teacher_prob(x, len(target)) if quiet else target
 
 
 def make_set(seed: int, count: int, speakers: list[str], part: str, fe: Frontend, share: float,
              unseen: tuple[str, ...], teacher: bool = False, extra_speech: bool = False,
-             narrowband: bool = False) -> tuple[np.ndarray, np.ndarray]:
+             narrowband: bool = False, babble_share: float = 0.0,
+             quiet_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Features `(count, T, n_mels)` float32 and soft targets `(count, T)` for model frames."""
     rng = np.random.default_rng(seed)
     pools = Pools(speakers, part, unseen, extra_speech)
@@ -502,7 +536,7 @@ def make_set(seed: int, count: int, speakers: list[str], part: str, fe: Frontend
     step = fe.hop // HOP
     feats, targets = [], []
     for _ in range(count):
-        x, lab = make_example(rng, pools, n, share, teacher, narrowband)
+        x, lab = make_example(rng, pools, n, share, teacher, narrowband, babble_share, quiet_share)
         # as spkid.vad hears it: band-limited input with its empty band filled (wideband input is left as it is)
         feats.append(fe(x, fill=narrowband or None))
         targets.append(lab.reshape(-1, step).mean(axis=1))
@@ -632,10 +666,19 @@ def main() -> None:
     ap.add_argument("--narrowband", action=argparse.BooleanOptionalAction, default=True,
                     help=f"pass {NARROWBAND_SHARE:.0%} of the examples through 8 kHz (telephone audio) and compute "
                          "features as spkid.vad does, with the empty band filled")
+    ap.add_argument("--babble-share", type=float, default=0.2,
+                    help="with --teacher silero: share of the speech examples with 1-3 other talkers %g-%g dB "
+                         "below the foreground speech, not speech in the targets" % BABBLE_DB)
+    ap.add_argument("--quiet-share", type=float, default=0.15,
+                    help="with --teacher silero: share of the examples played at %g to %g dBFS, their speech "
+                         "targets times silero-vad's probability on what is played" % QUIET_DB)
     ap.add_argument("--cache", type=Path, help="keep the synthesised features in this .npz and reuse them")
     args = ap.parse_args()
     if args.examples < args.batch:
         ap.error(f"--examples ({args.examples}) must be at least --batch ({args.batch})")
+    for name in ("babble_share", "quiet_share"):
+        if not 0 <= getattr(args, name) <= 1:
+            ap.error(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
 
     t0 = time.time()
     fe = Frontend()
@@ -653,7 +696,7 @@ def main() -> None:
     train_music, dev_music = music_files(args.extra_music), music_files(args.dev_music)
     tag = (f"examples={args.examples} seed={args.seed} frontend={fe} share={args.nonspeech_share} unseen={unseen} "
            f"music={[str(d) for d in args.extra_music]} teacher={args.teacher} extra_speech={args.extra_speech} "
-           f"narrowband={args.narrowband}")
+           f"narrowband={args.narrowband} babble={args.babble_share} quiet={args.quiet_share}")
     if args.cache and args.cache.exists() and str(np.load(args.cache)["tag"]) == tag:
         with np.load(args.cache) as z:
             feats, targets = z["feats"], z["targets"]
@@ -661,7 +704,7 @@ def main() -> None:
         EXTRA_MUSIC[:] = load_music(train_music, args.seed)
         half = args.examples // 2
         jobs = [(args.seed * 1000 + i, c, train_spk, "train", fe, args.nonspeech_share, unseen,
-                 args.teacher == "silero", args.extra_speech, args.narrowband)
+                 args.teacher == "silero", args.extra_speech, args.narrowband, args.babble_share, args.quiet_share)
                 for i, c in enumerate((half, args.examples - half))]
         # fork before torch is imported: the workers inherit this module (and bench's) as they are
         with multiprocessing.get_context("fork").Pool(2) as pool:

@@ -203,6 +203,8 @@ def test_training_script_smoke(shared_data, tmp_path):
     assert empty.returncode == 1 and empty.stderr == f"train_vad.py: no audio files under {tmp_path / 'empty'}\n"
     few = subprocess.run([*script, "--examples", "8", "--extra-music", music], capture_output=True, text=True)
     assert few.returncode == 2 and "--examples (8) must be at least --batch (32)" in few.stderr
+    share = subprocess.run([*script, "--quiet-share", "1.5", "--extra-music", music], capture_output=True, text=True)
+    assert share.returncode == 2 and "--quiet-share must be in [0, 1], got 1.5" in share.stderr
 
 
 def test_real_labelled_recording_agrees_with_its_labels():
