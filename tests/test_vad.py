@@ -216,6 +216,24 @@ def test_real_labelled_recording_agrees_with_its_labels():
     assert score["agreement"] >= 0.975 and score["false_alarm"] <= 0.08 and score["miss"] <= 0.01, score
 
 
+def test_bench_real_sets_read_multi_recording_rttm_and_refuse_a_wrong_download(tmp_path, capsys):
+    """bench/vad.py's second real set comes from one RTTM file per split, each naming several recordings; its
+    download is checked against the pinned sha256 before anything is unpacked (no network here: a tarball of the
+    expected name but other bytes is already in the cache)."""
+    bench = _bench()
+    turns = bench.rttm_turns("SPEAKER a 1 0.50 1.00 <NA> <NA> s1 <NA> <NA>\n"
+                             "SPEAKER b 1 0.00 0.20 <NA> <NA> s2 <NA> <NA>\nSPEAKER a 1 1.20 0.30 <NA> <NA> s3 <NA> <NA>\n")
+    assert turns == {"a": [(0.5, 1.0), (1.2, 0.3)], "b": [(0.0, 0.2)]}
+    mask = bench.turn_labels(turns["a"], 200)
+    assert mask[50:150].all() and not mask[:50].any() and not mask[150:].any()
+    version = bench.PYANNOTE_SDIST[1]
+    (tmp_path / f"pyannote_audio-{version}.tar.gz").write_bytes(b"not the release")
+    assert bench.fetch_pyannote_tests(tmp_path) is None
+    err = capsys.readouterr().err
+    assert err.startswith(f"# {tmp_path / f'pyannote_audio-{version}.tar.gz'}: sha256 is not ") and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"pyannote_audio-{version}.tar.gz"]
+
+
 def test_silero_engine_without_torch():
     """`--engine silero` (silero-vad's weights through onnxruntime) on the real sample: no torch imported, 10 ms
     probabilities in [0, 1], and segments that match the human labels."""
