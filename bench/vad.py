@@ -125,10 +125,15 @@ def scored(ref: np.ndarray) -> np.ndarray:
     return keep
 
 
+def speech_power(x: np.ndarray, ref: np.ndarray) -> float:
+    """Mean power of `x` over its reference-speech 10 ms frames `ref` (over all of it when there are none)."""
+    frames = x[: len(ref) * HOP].reshape(len(ref), HOP)
+    return np.mean(frames[ref] ** 2) if ref.any() else np.mean(x**2)
+
+
 def mix(speech: np.ndarray, ref: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
     """speech + noise scaled to `snr_db` (speech power over its reference-speech frames)."""
-    frames = speech[: len(ref) * HOP].reshape(len(ref), HOP)
-    p_s = np.mean(frames[ref] ** 2) if ref.any() else np.mean(speech**2)
+    p_s = speech_power(speech, ref)
     p_n = np.mean(noise**2) + 1e-12
     return speech + noise * np.sqrt(p_s / p_n / 10 ** (snr_db / 10))
 

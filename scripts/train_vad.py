@@ -409,11 +409,10 @@ def teacher_prob(x: np.ndarray, frames: int) -> np.ndarray:
 def babble(rng: np.random.Generator, pools: Pools, x: np.ndarray, lab: np.ndarray) -> np.ndarray:
     """`x` with 1-3 other talkers (their own sessions, pauses included) behind it, their speech `BABBLE_DB` below
     the foreground's: voices in the background, which people do not label as speech (nor does the target)."""
-    fg = np.mean(x[: len(lab) * HOP].reshape(len(lab), HOP)[lab] ** 2) if lab.any() else np.mean(x**2)
+    fg = bench.speech_power(x, lab)
     for _ in range(rng.integers(1, 4)):
         y, ylab = speech_session(rng, pools, len(x))
-        bg = np.mean(y[: len(ylab) * HOP].reshape(len(ylab), HOP)[ylab] ** 2) if ylab.any() else np.mean(y**2)
-        x = x + y * np.sqrt(fg / (bg + 1e-12) / 10 ** (rng.uniform(*BABBLE_DB) / 10))
+        x = x + y * np.sqrt(fg / (bench.speech_power(y, ylab) + 1e-12) / 10 ** (rng.uniform(*BABBLE_DB) / 10))
     return x
 
 
