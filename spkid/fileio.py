@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import socket
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -148,10 +147,16 @@ def _temp_file(path: Path, suffix_style: bool) -> Iterator[tuple[int, str]]:
     tmp = None
     try:  # from the temp file's creation on: a Ctrl-C right after it must not leave it behind
         base, suffix = (path.stem, f".tmp{path.suffix}") if suffix_style else (path.name, ".tmp")
-        try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{base}.{os.getpid()}-{_HOST}.", suffix=suffix)
-        except OSError as e:
-            raise write_failure(path, e) from None
+        fd = None
+        while fd is None:  # the name is known before the file exists (mkstemp's is not until it returns)
+            tmp = str(path.parent / f".{base}.{os.getpid()}-{_HOST}.{os.urandom(4).hex()}{suffix}")
+            try:
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                tmp = None
+                raise write_failure(path, e) from None
         yield fd, tmp
         check_interrupted()
         try:
@@ -218,7 +223,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", keep_mode: bool = Fa
 
     On any exception (KeyboardInterrupt included) the temp file and the folders made for it are removed and
     `path` is untouched; a failed write (disk full, read-only, permission) is one SpkidError naming `path` and
-    the OS reason. The file gets the permissions a plain `open()` would give (mkstemp's are 0600), or with
+    the OS reason. The file gets the permissions a plain `open()` would give (the temp file is made 0600), or with
     `keep_mode` those of the file it replaces. Temp files of killed runs in the folder are removed afterwards.
     """
     path = Path(path)

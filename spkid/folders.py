@@ -40,12 +40,11 @@ def atomic_dir(dst: Path) -> Iterator[Path]:
     dst = real_path(dst)
     created = make_dirs(dst.parent)
     tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}"
-    try:
-        tmp.mkdir()
-    except OSError as e:
-        remove_empty_dirs(created)
-        raise write_failure(dst, e) from None
-    try:
+    try:  # from before the mkdir on: a Ctrl-C right after it must not leave the folder behind
+        try:
+            tmp.mkdir()
+        except OSError as e:
+            raise write_failure(dst, e) from None
         yield tmp
         fsync_dir(tmp)
         swap_into_place(tmp, dst)

@@ -449,13 +449,12 @@ def test_write_errors_without_errno_name_the_reason(tmp_path: Path, monkeypatch)
 
 
 def test_permission_denied_is_one_line(tmp_path: Path, monkeypatch):
-    """EACCES (not testable as root with real modes): from mkstemp, from the rename, from a gallery's folder."""
-    import tempfile
-
+    """EACCES (not testable as root with real modes): from the temp file's creation, from the rename, from a
+    gallery's folder."""
     def denied(*a, **k):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    monkeypatch.setattr(os, "open", denied)
     with pytest.raises(SpkidError, match=rf"^{tmp_path}/a/b.txt: cannot write \(Permission denied\)$"):
         with fileio.atomic_write(tmp_path / "a" / "b.txt", "w") as f:
             f.write("x")

@@ -113,6 +113,34 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert os.listdir(tmp_path) == ["out.txt"]
 
 
+def _interrupted_right_after(real):
+    """`real` (os.open, os.mkdir) that does its work and then meets a Ctrl-C before returning."""
+    def call(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+    return call
+
+
+@pytest.mark.parametrize("writer", ["atomic_write", "atomic_path"])
+def test_a_ctrl_c_as_the_temp_file_is_made_leaves_nothing(tmp_path, monkeypatch, writer):
+    target = tmp_path / "sub" / "out.json"
+    monkeypatch.setattr(os, "open", _interrupted_right_after(os.open))
+    with pytest.raises(KeyboardInterrupt):
+        with getattr(fileio, writer)(target):
+            pass
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_ctrl_c_as_the_temp_folder_is_made_leaves_nothing(tmp_path, monkeypatch):
+    from spkid.folders import atomic_dir
+    (tmp_path / "gallery").mkdir()
+    monkeypatch.setattr(os, "mkdir", _interrupted_right_after(os.mkdir))
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(tmp_path / "gallery"):
+            pass
+    assert os.listdir(tmp_path) == ["gallery"]
+
+
 @pytest.mark.parametrize("spec,expect", [("1/3", [0, 3, 6]), ("3/3", [2, 5]), (None, list(range(8)))])
 def test_shard(spec, expect):
     assert lists.shard(list(range(8)), spec) == expect
