@@ -42,20 +42,25 @@ def ingredient(text: str) -> tuple[str, float]:
 
 
 def read(model: str):
-    """(spec, state, identity) of a model file or of the pretrained encoder."""
-    from spkid import modelfile, pretrained
+    """(spec, state, identity) of a model file, of the pretrained encoder, or of a published model of another toolkit
+    (a folder `spkid.importers` reads)."""
+    from spkid import embedding, modelfile, pretrained
 
     if model == pretrained.NAME:
         return pretrained.spec(), pretrained.state_dict(), pretrained.sha256()
+    if Path(model).is_dir():
+        ref = embedding.resolve_model(model, "torch")
+        return (*ref.weights(), ref.sha256)
     return modelfile.verify(model)
 
 
-def cook(ingredients: list[tuple[str, float]], ensemble: bool = False):
-    """(spec, state) of the weighted mean of the ingredients, or of their ensemble; SpkidError when they do not
-    mix."""
+def cook(ingredients: list[tuple[str, float]], ensemble: bool = False, fusion: bool = False):
+    """(spec, state) of the weighted mean of the ingredients, of their ensemble, or of their fusion; SpkidError
+    when they do not mix."""
     import torch
 
     from spkid.errors import SpkidError
+    from spkid.frontends import FUSION_KIND
     from spkid.modelfile import ModelSpec
 
     total = sum(w for _, w in ingredients)
@@ -63,7 +68,7 @@ def cook(ingredients: list[tuple[str, float]], ensemble: bool = False):
         raise SpkidError(f"the weights sum to {total:g}, not 1")
     parts = [(m, w, *read(m)) for m, w in ingredients]
     _, _, first, state0, _ = parts[0]
-    for m, _, spec, state, _ in parts[1:]:
+    for m, _, spec, state, _ in parts[1:] if not fusion else []:
         for what in ("features", "embedding") if ensemble else ("model", "features", "embedding"):
             if getattr(spec, what) != getattr(first, what):
                 kind = "front end and windows" if ensemble else "architecture, front end and windows"
@@ -75,6 +80,13 @@ def cook(ingredients: list[tuple[str, float]], ensemble: bool = False):
                .get("description") or spec.training.get("description") or spec.training.get("source", "")}
               for m, w, spec, _, sha in parts]
     names = ", ".join(f"{w:g} x {Path(m).name}" for m, w in ingredients)
+    if fusion:
+        members = [{"model": spec.model, "features": spec.features, "embedding": spec.embedding}
+                   for _, _, spec, _, _ in parts]
+        model = {"name": "fusion", "kwargs": {"members": members, "weights": [w for _, w in ingredients]}}
+        state = {f"members.{i}.{k}": v for i, (_, _, _, st, _) in enumerate(parts) for k, v in st.items()}
+        training = {"description": f"Fusion (score average) of {names}", "fusion": recipe}
+        return ModelSpec(model=model, features={"kind": FUSION_KIND}, embedding={}, training=training), state
     if ensemble:
         model = {"name": "ensemble", "kwargs": {"members": [spec.model for _, _, spec, _, _ in parts],
                                                 "weights": [w for _, w in ingredients]}}
@@ -126,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ensemble", action="store_true", help="run the models side by side (score average) instead of "
                     "averaging their weights")
+    ap.add_argument("--fusion", action="store_true", help="run whole models side by side, each on its own front end "
+                    "and windows (score average; the models may differ in anything)")
+    ap.add_argument("--int8", action="store_true", help="store the large weights as int8 with one scale per row "
+                    "(a quarter of the bytes; `spkid.modelfile.quantize`)")
     ap.add_argument("--dim", type=int, default=0, help="with --ensemble: project its embedding onto this many "
                     "leading directions (0: none)")
     ap.add_argument("--fit", type=Path, help="with --dim: the audio list (training speakers) to fit them on")
@@ -134,14 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.dim < 0 or (a.dim and not (a.ensemble and a.fit)) or (a.fit and not a.dim):
         ap.error("--dim N (N > 0) goes with --ensemble and --fit LIST")
+    if a.ensemble and a.fusion:
+        ap.error("--ensemble and --fusion are two ways of running models side by side: choose one")
     from spkid import modelfile
     from spkid.errors import SpkidError
 
     try:
-        spec, state = cook(a.ingredients, a.ensemble)
+        spec, state = cook(a.ingredients, a.ensemble, a.fusion)
         if a.dim:
             spec, state = project(spec, state, a.dim, a.fit, a.out)
-        sha = modelfile.save(a.out, modelfile.build(spec, state, a.out), spec)
+        modelfile.build(spec, state, a.out)  # refuses what does not make a network
+        sha = modelfile.save_state(a.out, spec, modelfile.quantize(state) if a.int8 else state)
     except SpkidError as e:
         print(f"soup: error: {e}", file=sys.stderr)
         return 1

@@ -32,7 +32,7 @@ import numpy as np
 from spkid.errors import SpkidError
 from spkid.frontends import frontend
 from spkid.scoring import unit
-from spkid.utterance import EmbedConfig, Prepared, Preparer
+from spkid.utterance import EmbedConfig, FusedPreparer, Prepared, Preparer
 
 if TYPE_CHECKING:
     from spkid.gallery import Gallery
@@ -243,7 +243,8 @@ def choose_device(device: str) -> str:
 class Embedder:
     """A loaded network plus its `Preparer`; `embed_prepared` runs windows of many utterances in batches.
 
-    `net`: a torch module, or an `onnxnet.OnnxNet` (`model.backend == "onnx"`); both have `embed_dim`."""
+    `net`: a torch module, or an `onnxnet.OnnxNet` (`model.backend == "onnx"`); both have `embed_dim`. A fusion of
+    models (`spkid.models.fusion`) has one Embedder per member in `members`, and a `FusedPreparer`."""
 
     net: Any
     spec: Any  # modelfile.ModelSpec
@@ -251,6 +252,7 @@ class Embedder:
     prep: Preparer
     device: str = "cpu"
     batch_size: int = BATCH_SIZE
+    members: list[tuple[Embedder, float]] = field(default_factory=list)  # a fusion's (member, weight)
 
     @classmethod
     def from_model(
@@ -298,9 +300,31 @@ class Embedder:
             else:
                 spec, state = ref.weights()
                 net = modelfile.build(spec, state, ref.path, dev)
+        if spec.model["name"] == "fusion":
+            return cls._fusion(net, spec, ref, Preparer(None, None, use_vad), dev, batch_size, window_s, hop_s)
         front = frontend(spec.features, str(ref.path))
         cfg = EmbedConfig.from_dict(spec.embedding, str(ref.path), window_s=window_s, hop_s=hop_s)
         return cls(net, spec, ref, Preparer(front, cfg, use_vad), dev, batch_size)
+
+    @classmethod
+    def _fusion(cls, net: Any, spec: ModelSpec, ref: ModelRef, base: Preparer, dev: str, batch_size: int,
+                window_s: float | None, hop_s: float | None) -> Embedder:
+        """The Embedder of a fusion of models (`spkid.models.fusion`): one per member (its network, front end and
+        windows; `window_s`/`hop_s` override every member's), run by `embed_prepared` on a `FusedPreparer`'s windows."""
+        from spkid.modelfile import ModelSpec
+
+        members = []
+        kwargs = spec.model["kwargs"]
+        for i, (cfg, weight) in enumerate(zip(kwargs["members"], kwargs["weights"])):
+            source = f"{ref.path}: member {i}"
+            mspec = ModelSpec(model=cfg["model"], features=cfg["features"], embedding=cfg.get("embedding", {}))
+            prep = replace(base, front=frontend(mspec.features, source),
+                           cfg=EmbedConfig.from_dict(mspec.embedding, source, window_s=window_s, hop_s=hop_s))
+            mnet = net.member(i) if ref.onnx is not None else net.members[i]
+            members.append((cls(mnet, mspec, ref, prep, dev, batch_size), float(weight)))
+        first = members[0][0].prep
+        prep = FusedPreparer(first.front, first.cfg, first.use_vad, [m.prep for m, _ in members])
+        return cls(net, spec, ref, prep, dev, batch_size, members)
 
     @property
     def meta(self) -> dict:
@@ -326,6 +350,9 @@ class Embedder:
         """Embeddings `(len(items), D)` float32 (unit rows): windows grouped by length, then averaged."""
         if not items:
             return np.zeros((0, self.net.embed_dim), np.float32)
+        if self.members:  # a fusion: each member's unit embedding times the root of its weight, side by side
+            return np.concatenate([np.sqrt(w) * m.embed_prepared([Prepared(p.windows[i], p.quality) for p in items])
+                                   for i, (m, w) in enumerate(self.members)], axis=1).astype(np.float32)
         owners = np.concatenate([np.full(len(p.windows), i) for i, p in enumerate(items)])
         lengths = np.concatenate([np.full(len(p.windows), p.windows.shape[1]) for p in items])
         flat = [w for p in items for w in p.windows]

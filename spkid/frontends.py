@@ -218,6 +218,8 @@ def _sb_frontend(raw: dict[str, Any]) -> Frontend:
     return SbFbankConfig.from_dict(raw)
 
 
+FUSION_KIND = "fusion"  # the `features` of a fusion of models (`spkid.models.fusion`): each member has its own
+
 # Feature kinds that spkid.features does not compute: kind -> factory. Any other kind is a FeatureConfig.
 FRONTENDS: dict[str, Callable[[dict[str, Any]], Frontend]] = {MEL_KIND: MelConfig.from_dict, "kaldi-fbank": _kaldi_frontend,
                                                                "sb-fbank": _sb_frontend}
@@ -227,6 +229,9 @@ def frontend(raw: dict[str, Any], source: str = "model") -> Frontend:
     """The front end a model file's `spec.features` describes (the extension point for non-`features` kinds)."""
     if not isinstance(raw, dict):
         raise SpkidError(f"{source}: feature config must be a JSON object, got {type(raw).__name__}")
+    if raw.get("kind") == FUSION_KIND:
+        raise SpkidError(f"{source}: is a fusion of models, whose members compute features of their own from the "
+                         "audio; there is no one front end (use one of its members' model files)")
     try:
         return FRONTENDS.get(raw.get("kind", ""), _feature_frontend)(dict(raw))
     except SpkidError as e:

@@ -46,6 +46,8 @@ FORMAT = "spkid-model/1"
 HEADER = "spkid-model.json"  # the identity record's name inside the archive (under torch's own folder)
 _SHA = re.compile(r"[0-9a-f]{64}")
 MAX_HEADER = 16 << 20  # bytes
+QSCALE = ":scale"  # the per-row scales of an int8 weight `NAME` are `NAME:scale` (`quantize`)
+QUANTIZE_MIN = 4096  # smaller weights (biases, norms, small layers) stay float32
 
 
 @dataclass
@@ -158,8 +160,12 @@ def fingerprint(spec: ModelSpec, state: dict) -> str:
 def save(path: str | Path, net, spec: ModelSpec) -> str:
     """Write a model file atomically (a temp file renamed into place), its identity stored in it; returns it."""
 
-    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    return _write(path, spec, state)
+    return save_state(path, spec, net.state_dict())
+
+
+def save_state(path: str | Path, spec: ModelSpec, state: dict) -> str:
+    """`save` of the weights as they are to be stored (`quantize`d ones too); returns the identity."""
+    return _write(path, spec, {k: v.detach().cpu() for k, v in state.items()})
 
 
 def _write(path: str | Path, spec: ModelSpec, state: dict, keep_mode: bool = False) -> str:
@@ -208,13 +214,49 @@ def load(path: str | Path, device: str = "cpu"):
     return build(spec, state, path, device), spec
 
 
+def quantize(state: dict, min_values: int = QUANTIZE_MIN) -> dict:
+    """`state` with every float weight of at least `min_values` values stored in a quarter of the bytes: int8, and
+    one float32 scale per output row (`NAME` + `QSCALE`; symmetric, rounded to nearest: the row's largest magnitude
+    is 127 steps). `build` multiplies them back (`dequantize`), so a quantized model runs in float32 like any other."""
+    import torch
+
+    out = {}
+    for name, t in state.items():
+        if not (torch.is_floating_point(t) and t.dim() >= 2 and t.numel() >= min_values):
+            out[name] = t
+            continue
+        rows = t.detach().float().reshape(len(t), -1)
+        scale = (rows.abs().amax(1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+        out[name] = torch.round(rows / scale[:, None]).clamp(-127, 127).to(torch.int8).reshape(t.shape)
+        out[name + QSCALE] = scale
+    return out
+
+
+def dequantize(state: dict) -> dict:
+    """`state` with each int8 weight of `quantize` multiplied back into float32 (other tensors as they are)."""
+    import torch
+
+    scaled = {n.removesuffix(QSCALE) for n in state if n.endswith(QSCALE)}
+    out = {}
+    for name, t in state.items():
+        if name.endswith(QSCALE):
+            continue
+        if name in scaled and t.dtype == torch.int8:
+            scale = state[name + QSCALE]
+            out[name] = (t.float().reshape(len(t), -1) * scale[:, None]).reshape(t.shape)
+        else:
+            out[name] = t
+    return out
+
+
 def build(spec: ModelSpec, state: dict, source: str | Path = "model", device: str = "cpu"):
-    """The network `spec` describes with the weights `state` loaded strictly, in eval mode on `device`."""
+    """The network `spec` describes with the weights `state` (int8 ones of `quantize` too) loaded strictly, in eval
+    mode on `device`."""
     from spkid.models import build_model
 
     net = build_model(spec.model["name"], **spec.model.get("kwargs", {}))
     try:
-        net.load_state_dict(state, strict=True)
+        net.load_state_dict(dequantize(state), strict=True)
     except RuntimeError as e:
         raise SpkidError(f"{source}: weights do not match architecture {spec.model['name']!r} ({str(e)[:200]})") from None
     return net.to(device).eval()

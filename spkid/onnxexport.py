@@ -32,6 +32,7 @@ from torch import nn
 from spkid import onnxnet
 from spkid.errors import SpkidError
 from spkid.models.ensemble import Ensemble
+from spkid.models.fusion import Fusion
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +104,10 @@ def to_onnx(net: nn.Module, feat_dim: int) -> bytes:
     return buf.getvalue()
 
 
-def check(net: nn.Module, data: bytes, feat_dim: int, source: str) -> float:
+def check(net: nn.Module, data: bytes, feat_dim: int, source: str, prefix: str = "") -> float:
     """The largest cosine distance between torch's and onnxruntime's embeddings of random windows of another
-    shape than the traced one; a SpkidError above `MAX_COSINE_DISTANCE`."""
+    shape than the traced one; a SpkidError above `MAX_COSINE_DISTANCE`. `prefix`: the graph is a fusion's and
+    `net` its member of inputs and outputs named `prefix` + features, embedding (`onnxnet.OnnxNet.member`)."""
     import onnxruntime as ort
 
     x = torch.randn(CHECK_SHAPE[0], CHECK_SHAPE[1], feat_dim, generator=torch.Generator().manual_seed(1))
@@ -114,7 +116,9 @@ def check(net: nn.Module, data: bytes, feat_dim: int, source: str) -> float:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    got = session.run([onnxnet.OUTPUT], {onnxnet.INPUT: x.numpy()})[0].astype(np.float64)
+    feeds = {i.name: np.zeros((1, onnxnet.IDLE_FRAMES, i.shape[2]), np.float32) for i in session.get_inputs()}
+    feeds[prefix + onnxnet.INPUT] = x.numpy()
+    got = session.run([prefix + onnxnet.OUTPUT], feeds)[0].astype(np.float64)
     if got.shape != want.shape:
         raise SpkidError(f"{source}: the ONNX graph gives shape {got.shape}, torch {want.shape}")
     cos = (want * got).sum(1) / np.maximum(np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1), 1e-12)
@@ -125,6 +129,82 @@ def check(net: nn.Module, data: bytes, feat_dim: int, source: str) -> float:
     return worst
 
 
+def fusion_graph(net: Fusion) -> bytes:
+    """One ONNX graph of a fusion's members side by side: member i's input `m{i}.features`, output `m{i}.embedding`."""
+    import onnx
+    from onnx import compose
+
+    merged = None
+    for i, member in enumerate(net.members):
+        part = compose.add_prefix(onnx.load_from_string(to_onnx(member, int(member.feat_dim))), f"m{i}.")
+        g = part.graph
+        for value in (*g.input, *g.output, *g.value_info):  # each member's batch and frames are its own
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.dim_param:
+                    dim.dim_param = f"m{i}.{dim.dim_param}"
+        merged = part if merged is None else compose.merge_models(merged, part, io_map=[])
+    return merged.SerializeToString()
+
+
+def compact(data: bytes) -> bytes:
+    """`data` with each float32 initializer that holds int8 weights (`modelfile.quantize`: every row along some axis
+    is an int8 vector times one float32 scale, exactly, however the exporter laid the weight out) stored as int8
+    and its scales, turned back into the same float32 values by a `DequantizeLinear` node: a quarter of the bytes."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from spkid.modelfile import QUANTIZE_MIN
+
+    model = onnx.load_from_string(data)
+    graph = model.graph
+    kept, nodes = [], []
+    for init in graph.initializer:
+        found = None
+        if init.data_type == onnx.TensorProto.FLOAT:
+            w = numpy_helper.to_array(init)
+            if w.ndim >= 2 and w.size >= QUANTIZE_MIN:
+                found = _as_int8(w)
+        if found is None:
+            kept.append(init)
+            continue
+        q, scale, axis = found
+        names = [f"{init.name}:q8", f"{init.name}:scale", f"{init.name}:zero"]
+        kept += [numpy_helper.from_array(a, n) for a, n in zip((q, scale, np.zeros(len(scale), np.int8)), names)]
+        nodes.append(helper.make_node("DequantizeLinear", names, [init.name], name=f"{init.name}:dequantize", axis=axis))
+    if not nodes:
+        return data
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    rest = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + rest)
+    return model.SerializeToString()
+
+
+def _as_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """(int8 q, float32 scales, axis) with `q * scales` (broadcast along `axis`) equal to `w` in float32, else None.
+    A row's scale is its peak over 127, rounded to float32 one way or the other: each of the three is tried."""
+    for axis in range(w.ndim):
+        rows = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+        first = (np.abs(rows).max(1) / np.float32(127)).astype(np.float32)
+        first = np.maximum(first, np.finfo(np.float32).tiny)
+        q = np.zeros(rows.shape, np.int8)
+        scale = np.zeros(len(rows), np.float32)
+        todo = np.ones(len(rows), bool)
+        for cand in (first, np.nextafter(first, np.float32(0)), np.nextafter(first, np.float32(np.inf))):
+            r = np.rint(rows[todo] / cand[todo, None])
+            ok = (np.abs(r) <= 127).all(1) & ((r.astype(np.float32) * cand[todo, None]) == rows[todo]).all(1)
+            idx = np.flatnonzero(todo)[ok]
+            q[idx], scale[idx] = r[ok].astype(np.int8), cand[idx]
+            todo[idx] = False
+            if not todo.any():
+                shape = (w.shape[axis], *np.delete(np.array(w.shape), axis))
+                return np.moveaxis(q.reshape(shape), 0, axis), scale, axis
+            if not ok.any() and cand is first:
+                break  # not a single row fits: not this axis
+    return None
+
+
 def export(model: str | Path, output: str | Path) -> str:
     """Write the ONNX form of `model` (a model file, `resemblyzer`, or a published model of another toolkit: a
     folder, file or catalogue name `spkid.importers` reads) to `output` atomically; returns its identity.
@@ -133,6 +213,7 @@ def export(model: str | Path, output: str | Path) -> str:
     from spkid import embedding, modelfile, pretrained
     from spkid.fileio import atomic_write
 
+    state: dict = {}
     if str(model) == pretrained.NAME:
         net, spec = pretrained.load("cpu")
         sha = pretrained.sha256()
@@ -146,9 +227,16 @@ def export(model: str | Path, output: str | Path) -> str:
         else:
             spec, state, sha = modelfile.verify(ref.path)
         net = modelfile.build(spec, state, model, "cpu")
-    feat_dim, embed_dim = int(net.feat_dim), int(net.embed_dim)
-    data = to_onnx(net, feat_dim)
-    worst = check(net, data, feat_dim, str(model))
+    embed_dim = int(net.embed_dim)
+    fused = isinstance(net, Fusion)
+    feat_dim = 0 if fused else int(net.feat_dim)
+    data = fusion_graph(net) if fused else to_onnx(net, feat_dim)
+    if any(k.endswith(modelfile.QSCALE) for k in state):
+        data = compact(data)
+    if fused:
+        worst = max(check(m, data, int(m.feat_dim), f"{model}: member {i}", f"m{i}.") for i, m in enumerate(net.members))
+    else:
+        worst = check(net, data, feat_dim, str(model))
     props = onnxnet.record(spec, sha, embed_dim, feat_dim, onnxnet.graph_sha256(data))
     with atomic_write(output, "wb") as f:
         f.write(onnxnet.with_metadata(data, props))

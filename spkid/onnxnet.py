@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 FORMAT = "spkid-onnx/1"
 INPUT, OUTPUT = "features", "embedding"
+IDLE_FRAMES = 16  # a fusion's members not being run are fed this many frames of zeros (`OnnxNet.member`)
 _GRAPH, _METADATA = 7, 14  # onnx.proto: ModelProto.graph, ModelProto.metadata_props
 
 
@@ -278,6 +279,30 @@ class OnnxNet:
         """`(n, frames, feat_dim)` float32 -> `(n, embed_dim)` float32."""
         x = np.ascontiguousarray(windows, dtype=np.float32)
         return self.session.run([self.output], {self.input: x})[0]
+
+    def member(self, i: int) -> _Member:
+        """Member `i` of a fusion's graph (`spkid.onnxexport.fusion_graph`), called like a network."""
+        return _Member(self, f"m{i}.")
+
+
+class _Member:
+    """One member of a fusion's ONNX graph: inputs and outputs named `prefix` + features, embedding. onnxruntime wants
+    every input of the graph fed, so the other members get `IDLE_FRAMES` frames of zeros (and their outputs are not
+    asked for)."""
+
+    def __init__(self, net: OnnxNet, prefix: str) -> None:
+        self.session = net.session
+        self.input, self.output = prefix + INPUT, prefix + OUTPUT
+        self.idle = {i.name: np.zeros((1, IDLE_FRAMES, i.shape[2]), np.float32) for i in net.session.get_inputs()
+                     if i.name != self.input}
+        out = next((o for o in net.session.get_outputs() if o.name == self.output), None)
+        if out is None or len(self.idle) == len(net.session.get_inputs()):
+            raise SpkidError(f"{net.path}: the ONNX graph has no fusion member {prefix!r}; export the model again")
+        self.embed_dim = int(out.shape[1])
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(windows, dtype=np.float32)
+        return self.session.run([self.output], {**self.idle, self.input: x})[0]
 
 
 def record(spec: ModelSpec, sha256: str, embed_dim: int, feat_dim: int, graph: str) -> dict[str, str]:

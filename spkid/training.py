@@ -257,10 +257,12 @@ def train(
     init_spec = init_state = None
     if init is not None:  # fine-tuning: the starting model decides architecture and front end
         init_spec, init_state = modelfile.read(init)
-        if init_spec.model.get("name") == "ensemble":
-            members = ", ".join(r.get("model", "?") for r in init_spec.training.get("ensemble", []))
-            raise SpkidError(f"{init}: is an ensemble of {len(init_spec.model['kwargs']['members'])} networks, not "
-                             "trained as one; fine-tune a single network (--init resemblyzer, or one of its members"
+        kind = init_spec.model.get("name")
+        if kind in ("ensemble", "fusion"):
+            members = ", ".join(r.get("model", "?") for r in init_spec.training.get(kind, []))
+            what = "an ensemble of {} networks" if kind == "ensemble" else "a fusion of {} models"
+            raise SpkidError(f"{init}: is {what.format(len(init_spec.model['kwargs']['members']))}, not trained as "
+                             "one; fine-tune a single network (--init resemblyzer, or one of its members"
                              + (f": {members}" if members else "") + ", which recipes/train_default.sh trains)")
         if init_spec.model.get("name") != cfg.model:
             raise SpkidError(f"{init}: is a {init_spec.model.get('name')!r} model, cannot initialise {cfg.model!r}; "
@@ -302,7 +304,7 @@ def train(
     net = build_model(cfg.model, **model_args)
     if init_spec is not None:
         try:
-            net.load_state_dict(init_state, strict=True)
+            net.load_state_dict(modelfile.dequantize(init_state), strict=True)
         except RuntimeError as e:
             raise SpkidError(f"{init}: weights do not fit this model configuration ({str(e)[:160]})") from None
         log.info("initialised from %s", init)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -204,7 +204,8 @@ class Quality:
 
 @dataclass
 class Prepared:
-    """One utterance ready for the network: windows `(n, length, dims)` float32 and its quality."""
+    """One utterance ready for the network: windows `(n, length, dims)` float32 (a tuple of them, one per member, for
+    a fusion of models: `FusedPreparer`) and its quality."""
 
     windows: np.ndarray
     quality: Quality
@@ -307,6 +308,41 @@ class Preparer:
 
         x, sr = audio.load(path)
         return self.prepare_signal(x, sr, str(path))
+
+
+@dataclass
+class FusedPreparer(Preparer):
+    """The `Preparer` of a fusion of models (`spkid.models.fusion`): one voiced signal, made by the first member
+    (its resampling, level and VAD, so one quality record), then each member's own features and windows:
+    `Prepared.windows` is a tuple of one array per member. `front`, `cfg` and `use_vad` are the first member's."""
+
+    members: list[Preparer] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        rates = {m.front.sample_rate for m in self.members}
+        if len(rates) != 1:
+            raise SpkidError(f"the members of a fusion take audio at different rates {sorted(rates)} Hz")
+
+    def prepare_signal(self, x: np.ndarray, sr: int, name: str = "signal") -> Prepared:
+        first, *rest = self.members
+        y, q = first.signal(x, sr, name)
+        try:
+            return Prepared((first.windows(y), *(m.windows(m.front.prepare(y)) for m in rest)), q)
+        except SpkidError as e:
+            raise SpkidError(f"{name}: {e}") from None
+
+    def prepare_features(self, feats: np.ndarray, name: str = "features") -> Prepared:
+        raise _features_refused(name)
+
+    def prepare_file(self, path: str | Clip) -> Prepared:
+        if isinstance(path, str) and path.lower().endswith(".npy"):
+            raise _features_refused(path)
+        return super().prepare_file(path)
+
+
+def _features_refused(name: str) -> SpkidError:
+    return SpkidError(f"{name}: a fusion of models computes each member's own features from the audio; give audio "
+                      "files, not features")
 
 
 def _frames(seconds: float, front: Frontend) -> int:

@@ -186,3 +186,73 @@ def test_networks_with_batchnorm_mix_their_weights_and_keep_the_counters(tmp_pat
     assert counters and all(torch.equal(s[k], sa[k]) for k in counters)
     mixed = [k for k in s if torch.is_floating_point(s[k])]
     assert all(torch.allclose(s[k], (sa[k] + sb[k]) / 2, atol=1e-6) for k in mixed)
+
+
+def _embed(model: Path, clips: list[Path]) -> np.ndarray:
+    """`spkid embed` of `clips` with `model`, as a user runs it: the embedding matrix of its stream."""
+    import io
+
+    from spkid import npyio
+
+    out = sh(f"spkid embed {' '.join(map(str, clips))} -m {model}")
+    assert out.returncode == 0, out.stderr.decode()
+    return npyio.read_keyed_stream(io.BytesIO(out.stdout), "embed").values
+
+
+def test_a_fusion_runs_each_model_on_its_own_front_end_and_windows(tmp_path: Path):
+    clips = clip_files()[:4] or pytest.skip("needs the shipped example clips (examples/clips)")
+    a = make_model(tmp_path / "a.pt", 0)  # 40 fbank bands, 1.5 s windows
+    torch.manual_seed(1)
+    kwargs = {**SMALL["ecapa_tdnn"], "feat_dim": 64}
+    b = tmp_path / "b.pt"  # another front end (64 bands) and the whole utterance as one window
+    modelfile.save(b, build_model("ecapa_tdnn", **kwargs), modelfile.ModelSpec(
+        model={"name": "ecapa_tdnn", "kwargs": kwargs}, features={"kind": "fbank", "n_filters": 64},
+        embedding={"window_s": 0, "hop_s": 1.0, "min_s": 0.5}))
+    fused = tmp_path / "fused.pt"
+    out = sh(f"{SOUP} --fusion {fused} {a}=0.3 {b}=0.7")
+    assert out.returncode == 0 and out.stdout == b"", out.stderr.decode()
+    spec, _, _ = modelfile.verify(fused)
+    assert spec.model["name"] == "fusion" and [r["weight"] for r in spec.training["fusion"]] == [0.3, 0.7]
+    want = np.concatenate([np.sqrt(0.3) * _embed(a, clips), np.sqrt(0.7) * _embed(b, clips)], axis=1)
+    got = _embed(fused, clips)
+    assert got.shape == (len(clips), 64 + 192) and np.allclose(got, want, atol=1e-5)
+    out = sh(f"spkid verify {clips[0]} {clips[1]} -m {fused}")
+    assert out.returncode == 0 and abs(float(out.stdout.split()[0]) - want[0] @ want[1]) < 1e-5, out.stderr.decode()
+    # its ONNX form: one graph holding both networks, run without torch
+    assert sh(f"spkid export {fused}").returncode == 0
+    assert np.allclose(_embed(fused.with_suffix(".onnx"), clips), want, atol=1e-5)
+    # what has no meaning for a fusion is refused in one line, and nothing is written
+    np.save(tmp_path / "f.npy", np.zeros((300, 40), np.float32))
+    refusals = {
+        f"spkid embed {tmp_path / 'f.npy'} -m {fused}": "a fusion of models computes each member's own features",
+        f"spkid features {clips[0]} -d {tmp_path / 'feats'} -m {fused}": "is a fusion of models, whose members",
+        f"spkid train {clips[0].parents[1]} -o {tmp_path / 'ft.pt'} --init {fused} --epochs 1":
+            f"{fused}: is a fusion of 2 models, not trained as one",
+    }
+    for cmd, message in refusals.items():
+        out = sh(cmd)
+        err = out.stderr.decode()
+        assert out.returncode != 0 and out.stdout == b"" and err.count("\n") == 1 and message in err, (cmd, err)
+    assert not (tmp_path / "feats").exists() and not (tmp_path / "ft.pt").exists()
+
+
+def test_int8_weights_take_a_quarter_of_the_bytes_and_embed_as_before(tmp_path: Path):
+    clips = clip_files()[:4] or pytest.skip("needs the shipped example clips (examples/clips)")
+    a = make_model(tmp_path / "a.pt", 0, name="ecapa_tdnn")
+    q = tmp_path / "q.pt"
+    out = sh(f"{SOUP} --int8 {q} {a}=1")
+    assert out.returncode == 0, out.stderr.decode()
+    (_, sa), (_, sq) = modelfile.read(a), modelfile.read(q)
+    big = [k for k, v in sa.items() if v.dim() >= 2 and v.numel() >= modelfile.QUANTIZE_MIN]
+    assert big and all(sq[k].dtype == torch.int8 for k in big)
+    assert all(sq[k].dtype == sa[k].dtype for k in sa if k not in big)  # biases, norms, small layers: as they were
+    for k in big:  # each value within half a step of its row's scale
+        step = sq[k + modelfile.QSCALE].reshape(-1, *[1] * (sa[k].dim() - 1))
+        assert torch.all((modelfile.dequantize(sq)[k] - sa[k]).abs() <= step / 2 + 1e-7)
+    assert q.stat().st_size < 0.35 * a.stat().st_size
+    e, eq = _embed(a, clips), _embed(q, clips)
+    assert np.all((e * eq).sum(1) > 0.999)
+    # the ONNX form keeps them int8 (dequantized in the graph): the same embeddings, a quarter of the bytes
+    assert sh(f"spkid export {a}").returncode == 0 and sh(f"spkid export {q}").returncode == 0
+    assert q.with_suffix(".onnx").stat().st_size < 0.35 * a.with_suffix(".onnx").stat().st_size
+    assert np.allclose(_embed(q.with_suffix(".onnx"), clips), eq, atol=1e-5)

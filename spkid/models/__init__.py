@@ -5,7 +5,8 @@ Every constructor takes explicit keywords, at least `feat_dim` and `embed_dim`, 
 and `embed_dim` attributes. `SMALL` holds, for each name, the keyword arguments of a CPU-sized variant (merge your own
 `feat_dim`/`embed_dim` on top): `build_model("ecapa_tdnn", **SMALL["ecapa_tdnn"], feat_dim=40)`.
 Families, one file each: blstm, attention_cnn (vgg_attn, resnet18_attn), thin_resnet, deep_speaker (se_resnet34,
-rescnn), ge2e_lstm (lstm_ge2e), ecapa_tdnn, resnet (resnet34); ensemble (several trained networks side by side).
+rescnn), ge2e_lstm (lstm_ge2e), ecapa_tdnn, resnet (resnet34); ensemble (several trained networks side by side),
+fusion (whole models with front ends of their own side by side).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from spkid.models.resnet import ResNet34
 from spkid.models.thin_resnet import ThinResNet
 from spkid.models import campplus, eres2net, sb_ecapa, wespeaker
 from spkid.models.ensemble import Ensemble
+from spkid.models.fusion import Fusion
 
 MODELS: dict[str, type[nn.Module]] = {
     "blstm": BLSTM,
@@ -51,10 +53,10 @@ SMALL: dict[str, dict[str, Any]] = {
 
 
 # The networks of published encoders of other toolkits (`spkid.importers` reads their weights into these), and
-# ensembles of trained networks (`recipes/soup.py --ensemble`): built from model files like the others, but not
-# offered to `spkid train` as architectures to train.
+# ensembles and fusions of trained networks (`recipes/soup.py --ensemble`, `recipes/fuse.py`): built from model
+# files like the others, but not offered to `spkid train` as architectures to train.
 IMPORTED: dict[str, type[nn.Module]] = {**wespeaker.MODELS, **campplus.MODELS, **eres2net.MODELS, **sb_ecapa.MODELS,
-                                        "ensemble": Ensemble}
+                                        "ensemble": Ensemble, "fusion": Fusion}
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
