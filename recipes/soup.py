@@ -54,9 +54,10 @@ def read(model: str):
     return modelfile.verify(model)
 
 
-def cook(ingredients: list[tuple[str, float]], ensemble: bool = False, fusion: bool = False):
-    """(spec, state) of the weighted mean of the ingredients, of their ensemble, or of their fusion; SpkidError
-    when they do not mix."""
+def cook(ingredients: list[tuple[str, float]], ensemble: bool = False, fusion: dict | None = None):
+    """(spec, state) of the weighted mean of the ingredients, of their ensemble, or of their fusion (`fusion`: the
+    duration-dependent weights, `long_weights`, `short_s`, `long_s`, of `spkid.utterance.FusionWeights`; {} for
+    none); SpkidError when they do not mix."""
     import torch
 
     from spkid.errors import SpkidError
@@ -68,7 +69,7 @@ def cook(ingredients: list[tuple[str, float]], ensemble: bool = False, fusion: b
         raise SpkidError(f"the weights sum to {total:g}, not 1")
     parts = [(m, w, *read(m)) for m, w in ingredients]
     _, _, first, state0, _ = parts[0]
-    for m, _, spec, state, _ in parts[1:] if not fusion else []:
+    for m, _, spec, state, _ in parts[1:] if fusion is None else []:
         for what in ("features", "embedding") if ensemble else ("model", "features", "embedding"):
             if getattr(spec, what) != getattr(first, what):
                 kind = "front end and windows" if ensemble else "architecture, front end and windows"
@@ -80,10 +81,10 @@ def cook(ingredients: list[tuple[str, float]], ensemble: bool = False, fusion: b
                .get("description") or spec.training.get("description") or spec.training.get("source", "")}
               for m, w, spec, _, sha in parts]
     names = ", ".join(f"{w:g} x {Path(m).name}" for m, w in ingredients)
-    if fusion:
+    if fusion is not None:
         members = [{"model": spec.model, "features": spec.features, "embedding": spec.embedding}
                    for _, _, spec, _, _ in parts]
-        model = {"name": "fusion", "kwargs": {"members": members, "weights": [w for _, w in ingredients]}}
+        model = {"name": "fusion", "kwargs": {"members": members, "weights": [w for _, w in ingredients], **fusion}}
         state = {f"members.{i}.{k}": v for i, (_, _, _, st, _) in enumerate(parts) for k, v in st.items()}
         training = {"description": f"Fusion (score average) of {names}", "fusion": recipe}
         return ModelSpec(model=model, features={"kind": FUSION_KIND}, embedding={}, training=training), state
@@ -140,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
                     "averaging their weights")
     ap.add_argument("--fusion", action="store_true", help="run whole models side by side, each on its own front end "
                     "and windows (score average; the models may differ in anything)")
+    ap.add_argument("--long-weights", type=lambda t: [float(x) for x in t.split(",")], metavar="W,W,...",
+                    help="with --fusion: the members' weights from --long-s seconds of speech on (MODEL=WEIGHT's up to "
+                    "--short-s, linearly in between)")
+    ap.add_argument("--short-s", type=float, default=1.0, help="with --long-weights (default: %(default)s)")
+    ap.add_argument("--long-s", type=float, default=3.0, help="with --long-weights (default: %(default)s)")
     ap.add_argument("--int8", action="store_true", help="store the large weights as int8 with one scale per row "
                     "(a quarter of the bytes; `spkid.modelfile.quantize`)")
     ap.add_argument("--dim", type=int, default=0, help="with --ensemble: project its embedding onto this many "
@@ -152,11 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--dim N (N > 0) goes with --ensemble and --fit LIST")
     if a.ensemble and a.fusion:
         ap.error("--ensemble and --fusion are two ways of running models side by side: choose one")
+    if a.long_weights and not a.fusion:
+        ap.error("--long-weights goes with --fusion")
     from spkid import modelfile
     from spkid.errors import SpkidError
 
     try:
-        spec, state = cook(a.ingredients, a.ensemble, a.fusion)
+        durations = {"long_weights": a.long_weights, "short_s": a.short_s, "long_s": a.long_s} if a.long_weights else {}
+        spec, state = cook(a.ingredients, a.ensemble, durations if a.fusion else None)
         if a.dim:
             spec, state = project(spec, state, a.dim, a.fit, a.out)
         modelfile.build(spec, state, a.out)  # refuses what does not make a network

@@ -32,7 +32,7 @@ import numpy as np
 from spkid.errors import SpkidError
 from spkid.frontends import frontend
 from spkid.scoring import unit
-from spkid.utterance import EmbedConfig, FusedPreparer, Prepared, Preparer
+from spkid.utterance import EmbedConfig, FusedPreparer, FusionWeights, Prepared, Preparer
 
 if TYPE_CHECKING:
     from spkid.gallery import Gallery
@@ -252,7 +252,8 @@ class Embedder:
     prep: Preparer
     device: str = "cpu"
     batch_size: int = BATCH_SIZE
-    members: list[tuple[Embedder, float]] = field(default_factory=list)  # a fusion's (member, weight)
+    members: list[Embedder] = field(default_factory=list)  # a fusion's members, and how they are weighed
+    weights: FusionWeights | None = None
 
     @classmethod
     def from_model(
@@ -315,16 +316,17 @@ class Embedder:
 
         members = []
         kwargs = spec.model["kwargs"]
-        for i, (cfg, weight) in enumerate(zip(kwargs["members"], kwargs["weights"])):
+        weights = FusionWeights.from_kwargs(kwargs, len(kwargs["members"]))
+        for i, cfg in enumerate(kwargs["members"]):
             source = f"{ref.path}: member {i}"
             mspec = ModelSpec(model=cfg["model"], features=cfg["features"], embedding=cfg.get("embedding", {}))
             prep = replace(base, front=frontend(mspec.features, source),
                            cfg=EmbedConfig.from_dict(mspec.embedding, source, window_s=window_s, hop_s=hop_s))
             mnet = net.member(i) if ref.onnx is not None else net.members[i]
-            members.append((cls(mnet, mspec, ref, prep, dev, batch_size), float(weight)))
-        first = members[0][0].prep
-        prep = FusedPreparer(first.front, first.cfg, first.use_vad, [m.prep for m, _ in members])
-        return cls(net, spec, ref, prep, dev, batch_size, members)
+            members.append(cls(mnet, mspec, ref, prep, dev, batch_size))
+        first = members[0].prep
+        prep = FusedPreparer(first.front, first.cfg, first.use_vad, [m.prep for m in members])
+        return cls(net, spec, ref, prep, dev, batch_size, members, weights)
 
     @property
     def meta(self) -> dict:
@@ -351,8 +353,9 @@ class Embedder:
         if not items:
             return np.zeros((0, self.net.embed_dim), np.float32)
         if self.members:  # a fusion: each member's unit embedding times the root of its weight, side by side
-            return np.concatenate([np.sqrt(w) * m.embed_prepared([Prepared(p.windows[i], p.quality) for p in items])
-                                   for i, (m, w) in enumerate(self.members)], axis=1).astype(np.float32)
+            w = np.sqrt(self.weights.at(np.array([p.quality.speech_seconds for p in items])))
+            return np.concatenate([w[:, i : i + 1] * m.embed_prepared([Prepared(p.windows[i], p.quality) for p in items])
+                                   for i, m in enumerate(self.members)], axis=1).astype(np.float32)
         owners = np.concatenate([np.full(len(p.windows), i) for i, p in enumerate(items)])
         lengths = np.concatenate([np.full(len(p.windows), p.windows.shape[1]) for p in items])
         flat = [w for p in items for w in p.windows]

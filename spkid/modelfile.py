@@ -46,8 +46,9 @@ FORMAT = "spkid-model/1"
 HEADER = "spkid-model.json"  # the identity record's name inside the archive (under torch's own folder)
 _SHA = re.compile(r"[0-9a-f]{64}")
 MAX_HEADER = 16 << 20  # bytes
-QSCALE = ":scale"  # the per-row scales of an int8 weight `NAME` are `NAME:scale` (`quantize`)
+QSCALE = ":scale"  # the scales of an int8 weight `NAME` are `NAME:scale` (`quantize`)
 QUANTIZE_MIN = 4096  # smaller weights (biases, norms, small layers) stay float32
+QUANTIZE_GROUP = 64  # values of a row that share one int8 scale
 
 
 @dataclass
@@ -215,9 +216,11 @@ def load(path: str | Path, device: str = "cpu"):
 
 
 def quantize(state: dict, min_values: int = QUANTIZE_MIN) -> dict:
-    """`state` with every float weight of at least `min_values` values stored in a quarter of the bytes: int8, and
-    one float32 scale per output row (`NAME` + `QSCALE`; symmetric, rounded to nearest: the row's largest magnitude
-    is 127 steps). `build` multiplies them back (`dequantize`), so a quantized model runs in float32 like any other."""
+    """`state` with every float weight of at least `min_values` values stored in about a quarter of the bytes: int8,
+    with one float32 scale for each `QUANTIZE_GROUP` consecutive values of a row (the whole row where its length is
+    not a multiple), saved as `NAME` + `QSCALE` of shape (rows, groups): symmetric, rounded to nearest, the group's
+    largest magnitude 127 steps. Small groups keep an LSTM's outlying weights from costing its other weights their
+    precision. `build` multiplies them back (`dequantize`): a quantized model runs in float32 like any other."""
     import torch
 
     out = {}
@@ -225,9 +228,9 @@ def quantize(state: dict, min_values: int = QUANTIZE_MIN) -> dict:
         if not (torch.is_floating_point(t) and t.dim() >= 2 and t.numel() >= min_values):
             out[name] = t
             continue
-        rows = t.detach().float().reshape(len(t), -1)
-        scale = (rows.abs().amax(1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
-        out[name] = torch.round(rows / scale[:, None]).clamp(-127, 127).to(torch.int8).reshape(t.shape)
+        groups = _grouped(t.detach().float())
+        scale = (groups.abs().amax(2) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+        out[name] = torch.round(groups / scale[:, :, None]).clamp(-127, 127).to(torch.int8).reshape(t.shape)
         out[name + QSCALE] = scale
     return out
 
@@ -236,17 +239,25 @@ def dequantize(state: dict) -> dict:
     """`state` with each int8 weight of `quantize` multiplied back into float32 (other tensors as they are)."""
     import torch
 
-    scaled = {n.removesuffix(QSCALE) for n in state if n.endswith(QSCALE)}
     out = {}
     for name, t in state.items():
+        scale = state.get(name + QSCALE)
         if name.endswith(QSCALE):
             continue
-        if name in scaled and t.dtype == torch.int8:
-            scale = state[name + QSCALE]
-            out[name] = (t.float().reshape(len(t), -1) * scale[:, None]).reshape(t.shape)
-        else:
-            out[name] = t
+        quantized = scale is not None and t.dtype == torch.int8
+        out[name] = (_grouped(t.float()) * scale[:, :, None]).reshape(t.shape) if quantized else t
     return out
+
+
+def group_size(row: int) -> int:
+    """The values of a row of `row` values that share one scale (`quantize`)."""
+    return QUANTIZE_GROUP if row % QUANTIZE_GROUP == 0 else row
+
+
+def _grouped(t):
+    """`t` as (rows, groups, group_size(row))."""
+    row = t[0].numel()
+    return t.reshape(len(t), row // group_size(row), group_size(row))
 
 
 def build(spec: ModelSpec, state: dict, source: str | Path = "model", device: str = "cpu"):

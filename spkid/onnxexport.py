@@ -147,9 +147,10 @@ def fusion_graph(net: Fusion) -> bytes:
 
 
 def compact(data: bytes) -> bytes:
-    """`data` with each float32 initializer that holds int8 weights (`modelfile.quantize`: every row along some axis
-    is an int8 vector times one float32 scale, exactly, however the exporter laid the weight out) stored as int8
-    and its scales, turned back into the same float32 values by a `DequantizeLinear` node: a quarter of the bytes."""
+    """`data` with each float32 initializer that holds int8 weights (`modelfile.quantize`: along some axis, every
+    group of a row is an int8 vector times one float32 scale, exactly, however the exporter laid the weight out)
+    stored as int8 and its scales, and turned back into the same float32 values in the graph (Cast, Mul, Reshape,
+    and Transpose where the axis is not the first): about a quarter of the bytes."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -168,9 +169,17 @@ def compact(data: bytes) -> bytes:
             kept.append(init)
             continue
         q, scale, axis = found
-        names = [f"{init.name}:q8", f"{init.name}:scale", f"{init.name}:zero"]
-        kept += [numpy_helper.from_array(a, n) for a, n in zip((q, scale, np.zeros(len(scale), np.int8)), names)]
-        nodes.append(helper.make_node("DequantizeLinear", names, [init.name], name=f"{init.name}:dequantize", axis=axis))
+        name = init.name
+        order = [axis, *(d for d in range(w.ndim) if d != axis)]
+        moved = np.array([w.shape[d] for d in order], np.int64)
+        kept += [numpy_helper.from_array(q, f"{name}:q8"), numpy_helper.from_array(scale, f"{name}:scale"),
+                 numpy_helper.from_array(moved, f"{name}:shape")]
+        last = name if axis == 0 else f"{name}:moved"
+        nodes += [helper.make_node("Cast", [f"{name}:q8"], [f"{name}:float"], to=onnx.TensorProto.FLOAT),
+                  helper.make_node("Mul", [f"{name}:float", f"{name}:scale"], [f"{name}:groups"]),
+                  helper.make_node("Reshape", [f"{name}:groups", f"{name}:shape"], [last])]
+        if axis:
+            nodes.append(helper.make_node("Transpose", [last], [name], perm=[int(p) for p in np.argsort(order)]))
     if not nodes:
         return data
     del graph.initializer[:]
@@ -182,26 +191,29 @@ def compact(data: bytes) -> bytes:
 
 
 def _as_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | None:
-    """(int8 q, float32 scales, axis) with `q * scales` (broadcast along `axis`) equal to `w` in float32, else None.
-    A row's scale is its peak over 127, rounded to float32 one way or the other: each of the three is tried."""
+    """(int8 q of shape (rows, groups, size), float32 scales (rows, groups, 1), axis) whose product, reshaped, is `w`
+    with `axis` moved first, exactly in float32; else None. A group's scale is its peak over 127, rounded to float32
+    one way or the other: each of the three is tried."""
+    from spkid.modelfile import group_size
+
+    tiny = np.finfo(np.float32).tiny
     for axis in range(w.ndim):
-        rows = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
-        first = (np.abs(rows).max(1) / np.float32(127)).astype(np.float32)
-        first = np.maximum(first, np.finfo(np.float32).tiny)
-        q = np.zeros(rows.shape, np.int8)
-        scale = np.zeros(len(rows), np.float32)
-        todo = np.ones(len(rows), bool)
+        moved = np.moveaxis(w, axis, 0)
+        row = moved[0].size
+        g = moved.reshape(len(moved), row // group_size(row), group_size(row))
+        first = np.maximum((np.abs(g).max(2) / np.float32(127)).astype(np.float32), tiny)
+        q = np.zeros(g.shape, np.int8)
+        scale = np.zeros(first.shape, np.float32)
+        todo = np.ones(first.shape, bool)
         for cand in (first, np.nextafter(first, np.float32(0)), np.nextafter(first, np.float32(np.inf))):
-            r = np.rint(rows[todo] / cand[todo, None])
-            ok = (np.abs(r) <= 127).all(1) & ((r.astype(np.float32) * cand[todo, None]) == rows[todo]).all(1)
-            idx = np.flatnonzero(todo)[ok]
-            q[idx], scale[idx] = r[ok].astype(np.int8), cand[idx]
-            todo[idx] = False
+            r = np.rint(g / cand[..., None])
+            ok = todo & (np.abs(r) <= 127).all(2) & ((r.astype(np.float32) * cand[..., None]) == g).all(2)
+            q[ok], scale[ok] = r[ok].astype(np.int8), cand[ok]
+            todo &= ~ok
             if not todo.any():
-                shape = (w.shape[axis], *np.delete(np.array(w.shape), axis))
-                return np.moveaxis(q.reshape(shape), 0, axis), scale, axis
-            if not ok.any() and cand is first:
-                break  # not a single row fits: not this axis
+                return q, scale[..., None], axis
+            if cand is first and not ok.any():
+                break  # not a single group fits: not this axis
     return None
 
 

@@ -345,6 +345,44 @@ def _features_refused(name: str) -> SpkidError:
                       "files, not features")
 
 
+@dataclass(frozen=True)
+class FusionWeights:
+    """How a fusion of models (`spkid.models.fusion`) weighs its members for an utterance of a given speech duration:
+    `short` up to `short_s` seconds of speech, `long` from `long_s` seconds on, linearly in between (`long` None:
+    `short` at every duration). Each is one positive weight per member, summing to 1, so the joint embedding of every
+    utterance is a unit vector. The cosine of two utterances is then sum_i sqrt(w_i(a) w_i(b)) cos_i: the members'
+    cosines weighted by both sides' durations (a member that is better on long speech counts for more there)."""
+
+    short: tuple[float, ...]
+    long: tuple[float, ...] | None = None
+    short_s: float = 1.0
+    long_s: float = 3.0
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any], members: int) -> FusionWeights:
+        """From a fusion's model kwargs (`weights`, and optionally `long_weights`, `short_s`, `long_s`)."""
+        short, long = kwargs.get("weights"), kwargs.get("long_weights")
+        for name, w in (("weights", short), ("long_weights", long)):
+            if name == "long_weights" and w is None:
+                continue
+            ok = isinstance(w, list) and len(w) == members and all(isinstance(x, (int, float)) and x > 0 for x in w)
+            if not ok or abs(sum(w) - 1) > 1e-6:
+                raise SpkidError(f"fusion: {name} {w} must be {members} positive weights summing to 1")
+        short_s, long_s = kwargs.get("short_s", 1.0), kwargs.get("long_s", 3.0)
+        if not (isinstance(short_s, (int, float)) and isinstance(long_s, (int, float)) and 0 <= short_s < long_s):
+            raise SpkidError(f"fusion: short_s {short_s} and long_s {long_s} must be seconds with short_s < long_s")
+        return cls(tuple(map(float, short)), None if long is None else tuple(map(float, long)), float(short_s),
+                   float(long_s))
+
+    def at(self, seconds: np.ndarray) -> np.ndarray:
+        """`(n, members)` weights of utterances of `seconds` seconds of speech."""
+        short = np.array(self.short)
+        if self.long is None:
+            return np.tile(short, (len(seconds), 1))
+        t = np.clip((np.asarray(seconds, np.float64) - self.short_s) / (self.long_s - self.short_s), 0, 1)[:, None]
+        return (1 - t) * short + t * np.array(self.long)
+
+
 def _frames(seconds: float, front: Frontend) -> int:
     return int(round(seconds * front.sample_rate / front.frame_step))
 

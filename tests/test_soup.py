@@ -188,15 +188,17 @@ def test_networks_with_batchnorm_mix_their_weights_and_keep_the_counters(tmp_pat
     assert all(torch.allclose(s[k], (sa[k] + sb[k]) / 2, atol=1e-6) for k in mixed)
 
 
-def _embed(model: Path, clips: list[Path]) -> np.ndarray:
-    """`spkid embed` of `clips` with `model`, as a user runs it: the embedding matrix of its stream."""
+def _embed(model: Path, clips: list[Path], with_seconds: bool = False):
+    """`spkid embed` of `clips` with `model`, as a user runs it: the embedding matrix of its stream (and the seconds
+    of speech its quality records give)."""
     import io
 
     from spkid import npyio
 
     out = sh(f"spkid embed {' '.join(map(str, clips))} -m {model}")
     assert out.returncode == 0, out.stderr.decode()
-    return npyio.read_keyed_stream(io.BytesIO(out.stdout), "embed").values
+    emb = npyio.read_keyed_stream(io.BytesIO(out.stdout), "embed")
+    return (emb.values, np.array([q["speech_seconds"] for q in emb.quality])) if with_seconds else emb.values
 
 
 def test_a_fusion_runs_each_model_on_its_own_front_end_and_windows(tmp_path: Path):
@@ -213,9 +215,19 @@ def test_a_fusion_runs_each_model_on_its_own_front_end_and_windows(tmp_path: Pat
     assert out.returncode == 0 and out.stdout == b"", out.stderr.decode()
     spec, _, _ = modelfile.verify(fused)
     assert spec.model["name"] == "fusion" and [r["weight"] for r in spec.training["fusion"]] == [0.3, 0.7]
-    want = np.concatenate([np.sqrt(0.3) * _embed(a, clips), np.sqrt(0.7) * _embed(b, clips)], axis=1)
+    ea, eb = _embed(a, clips), _embed(b, clips)
+    want = np.concatenate([np.sqrt(0.3) * ea, np.sqrt(0.7) * eb], axis=1)
     got = _embed(fused, clips)
     assert got.shape == (len(clips), 64 + 192) and np.allclose(got, want, atol=1e-5)
+    # weights by speech duration: 0.3 / 0.7 up to 3 s, 0.8 / 0.2 from 5 s on, linearly between
+    timed = tmp_path / "timed.pt"
+    out = sh(f"{SOUP} --fusion {timed} {a}=0.3 {b}=0.7 --long-weights 0.8,0.2 --short-s 3 --long-s 5")
+    assert out.returncode == 0, out.stderr.decode()
+    got, seconds = _embed(timed, clips, with_seconds=True)
+    wa = 0.3 + 0.5 * np.clip((seconds - 3) / 2, 0, 1)[:, None]
+    assert len(set(np.round(wa[:, 0], 3))) > 1  # the clips are of different lengths
+    assert np.allclose(got, np.concatenate([np.sqrt(wa) * ea, np.sqrt(1 - wa) * eb], axis=1), atol=1e-5)
+    assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-6)
     out = sh(f"spkid verify {clips[0]} {clips[1]} -m {fused}")
     assert out.returncode == 0 and abs(float(out.stdout.split()[0]) - want[0] @ want[1]) < 1e-5, out.stderr.decode()
     # its ONNX form: one graph holding both networks, run without torch
@@ -246,9 +258,13 @@ def test_int8_weights_take_a_quarter_of_the_bytes_and_embed_as_before(tmp_path: 
     big = [k for k, v in sa.items() if v.dim() >= 2 and v.numel() >= modelfile.QUANTIZE_MIN]
     assert big and all(sq[k].dtype == torch.int8 for k in big)
     assert all(sq[k].dtype == sa[k].dtype for k in sa if k not in big)  # biases, norms, small layers: as they were
-    for k in big:  # each value within half a step of its row's scale
-        step = sq[k + modelfile.QSCALE].reshape(-1, *[1] * (sa[k].dim() - 1))
-        assert torch.all((modelfile.dequantize(sq)[k] - sa[k]).abs() <= step / 2 + 1e-7)
+    for k in big:  # each value within half a step of its group's scale
+        n = sa[k][0].numel()
+        size = modelfile.group_size(n)
+        step = sq[k + modelfile.QSCALE]
+        assert step.shape == (len(sa[k]), n // size)
+        error = (modelfile.dequantize(sq)[k] - sa[k]).reshape(len(sa[k]), n // size, size).abs()
+        assert torch.all(error <= step[:, :, None] / 2 + 1e-7)
     assert q.stat().st_size < 0.35 * a.stat().st_size
     e, eq = _embed(a, clips), _embed(q, clips)
     assert np.all((e * eq).sum(1) > 0.999)

@@ -51,6 +51,19 @@ class Conv(nn.Module):
         return self.conv(x)
 
 
+class LowRankConv(nn.Module):
+    """A 1x1 convolution whose weight is the product of two thinner ones (`rank` channels between): a smaller
+    stand-in for a large one, fitted from it by a truncated SVD (`factor_mfa`)."""
+
+    def __init__(self, in_ch: int, out_ch: int, rank: int) -> None:
+        super().__init__()
+        self.down = nn.Conv1d(in_ch, rank, 1, bias=False)
+        self.conv = nn.Conv1d(rank, out_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.down(x))
+
+
 class Norm(nn.Module):
     """Batch norm over the channels of `(B, C, T)` (the wrapper keeps SpeechBrain's `norm.norm.*` names)."""
 
@@ -172,6 +185,7 @@ class SBECAPATDNN(nn.Module):
         se_channels: int = 128,
         global_context: bool = True,
         groups: Sequence[int] = (1, 1, 1, 1, 1),
+        mfa_rank: int = 0,
     ) -> None:
         super().__init__()
         channels, kernel_sizes, dilations, groups = list(channels), list(kernel_sizes), list(dilations), list(groups)
@@ -184,6 +198,11 @@ class SBECAPATDNN(nn.Module):
             self.blocks.append(SERes2NetBlock(channels[i - 1], channels[i], res2net_scale, se_channels,
                                               kernel_sizes[i], dilations[i], groups[i]))
         self.mfa = TDNNBlock(sum(channels[1:-1]), channels[-1], kernel_sizes[-1], dilations[-1], groups[-1])
+        if mfa_rank:  # the aggregating convolution, the largest layer, as a product of two thinner ones
+            if kernel_sizes[-1] != 1 or groups[-1] != 1 or not 0 < mfa_rank < min(sum(channels[1:-1]), channels[-1]):
+                raise ValueError(f"sb_ecapa: mfa_rank {mfa_rank} needs a 1x1 aggregating convolution without groups "
+                                 "and fewer channels than it has")
+            self.mfa.conv = LowRankConv(sum(channels[1:-1]), channels[-1], mfa_rank)
         self.asp = AttentiveStatisticsPooling(channels[-1], attention_channels, global_context)
         self.asp_bn = Norm(channels[-1] * 2)
         self.fc = Conv(channels[-1] * 2, embed_dim)
@@ -196,6 +215,19 @@ class SBECAPATDNN(nn.Module):
             outs.append(x)
         x = self.mfa(torch.cat(outs, dim=1))
         return self.fc(self.asp_bn(self.asp(x))).squeeze(2)
+
+
+def factor_mfa(kwargs: dict, state: dict, rank: int) -> tuple[dict, dict]:
+    """(kwargs, state) of the same network with its aggregating 1x1 convolution `W` replaced by the best rank-`rank`
+    product (truncated SVD, `W ~ (U S^1/2)(S^1/2 V^T)`), which has `rank * (in + out)` weights instead of
+    `in * out`."""
+    w = state["mfa.conv.conv.weight"][:, :, 0].double()
+    u, sv, vt = torch.linalg.svd(w, full_matrices=False)
+    root = sv[:rank].sqrt()
+    out = {k: v for k, v in state.items() if k != "mfa.conv.conv.weight"}
+    out["mfa.conv.down.weight"] = (root[:, None] * vt[:rank]).float()[:, :, None]
+    out["mfa.conv.conv.weight"] = (u[:, :rank] * root).float()[:, :, None]
+    return {**kwargs, "mfa_rank": rank}, out
 
 
 MODELS: dict[str, type[nn.Module]] = {"sb_ecapa": SBECAPATDNN}
