@@ -1,5 +1,5 @@
-"""Combine models: average the weights of models fine-tuned from one start (a "model soup"), or, with --ensemble,
-run them side by side and average their scores.
+"""Combine models: average the weights of models fine-tuned from one start (a "model soup"), or, with --ensemble
+or --fusion, run them side by side and average their scores.
 
 A soup (Wortsman et al., ICML 2022; the interpolation of a fine-tuned model with its start is WiSE-FT, Wortsman et
 al., CVPR 2022): models that share a start usually sit in one basin of the loss, so their weighted mean is itself a
@@ -14,9 +14,17 @@ N leading directions of the side-by-side embeddings of LIST's audio (an uncentre
 when the members agree), so the ensemble's embedding is no larger than one member's; fit it on training
 speakers, never on the speakers you test on.
 
-    python recipes/soup.py [--ensemble [--dim N --fit LIST]] OUT.pt MODEL=WEIGHT [MODEL=WEIGHT ...]
+A fusion (`--fusion`, `spkid.models.fusion`): whole models side by side, each on its own front end and windows
+(SpeechBrain's ECAPA-TDNN on 80 log Mel bands of the whole utterance beside GE2E networks on 40 power Mel bands in
+1.6 s windows), scored like an ensemble; `--long-weights` makes the weights follow each utterance's speech
+(MODEL=WEIGHT's up to `--short-s` seconds, these from `--long-s` on, linearly between). `--int8` stores the large
+weights as int8 (`spkid.modelfile.quantize`), about a quarter of the bytes.
 
-MODEL is a spkid model file (or `resemblyzer`, the pretrained encoder); the weights must be positive and sum to 1.
+    python recipes/soup.py [--ensemble [--dim N --fit LIST] | --fusion [--long-weights W,W --short-s S --long-s S]]
+                           [--int8] OUT.pt MODEL=WEIGHT [MODEL=WEIGHT ...]
+
+MODEL is a spkid model file, `resemblyzer` (the pretrained encoder) or a published model folder of another toolkit
+(`spkid.importers`); the weights must be positive and sum to 1.
 The result is written atomically with its recipe in its training record (each ingredient's identity, weight and
 description) and no calibration: fit one on held-out trials (`spkid score --calibrate`), as
 recipes/train_default.sh does.

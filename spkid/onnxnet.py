@@ -260,6 +260,8 @@ class OnnxNet:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3  # errors only: onnxruntime's warnings go to stderr unasked
+        if meta.spec.model.get("name") == "fusion":  # its large merged graph: the extended optimisations cost
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # 90 ms a start, gain nothing
         if jobs > 1:  # idle threads of one worker must not spin on cores that the other workers use
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]

@@ -85,6 +85,15 @@ def w(tmp_path_factory) -> dict[str, Path]:
     torch.save({"format": "spkid-model/1", "config": "{}", "state_dict": {"x": _Boom(paths["marker"])}}, m / "zip.pt")
     torch.save({"format": "spkid-model/99", "config": "{}", "state_dict": {}}, m / "v99.pt")
     paths.update({f"model_{p.stem}": p for p in m.iterdir()})
+    # one network on 40 fbank dims, to embed feature files with (the bundled model, a fusion, embeds audio only)
+    from spkid import modelfile
+    from spkid.models import SMALL, build_model
+
+    kwargs = {**SMALL["lstm_ge2e"], "feat_dim": 40}
+    paths["net"] = d / "net.pt"
+    modelfile.save(paths["net"], build_model("lstm_ge2e", **kwargs), modelfile.ModelSpec(
+        model={"name": "lstm_ge2e", "kwargs": kwargs}, features={"kind": "fbank", "n_filters": 40},
+        embedding={"window_s": 1.5, "hop_s": 0.75, "min_s": 0.5}))
     assert not paths["marker"].exists()
     # one embed run, then a gallery built from its output without torch
     emb = d / "emb.npy"
@@ -201,7 +210,7 @@ def test_a_list_naming_a_list(w, tmp_path: Path):
 ], ids=["object-dtype", "int-dtype", "1d-shape", "nan-inf", "wrong-dims"])
 def test_bad_feature_npy_embed(w, tmp_path: Path, case: str, message: str):
     out = tmp_path / "emb.npy"
-    proc = sh(f"spkid embed {w[case]} -m {MODEL} --threads 1 -o {out}")
+    proc = sh(f"spkid embed {w[case]} -m {w['net']} --threads 1 -o {out}")
     assert_error(proc, "embed", str(w[case]), message)
     assert not out.exists() and _out_files(tmp_path) == []
 

@@ -40,7 +40,7 @@ def test_demo_names_every_enrolled_speaker_and_rejects_the_stranger(tmp_path: Pa
     for clip, true, decision, score, margin in rows:
         speaker = clip.split("/")[0]
         if speaker == STRANGER:
-            assert true == f"{STRANGER} (not enrolled)" and decision == "unknown" and float(score) < 0.65, clip
+            assert true == f"{STRANGER} (not enrolled)" and decision == "unknown" and float(score) < 0.4, clip
         else:
-            assert true == decision == speaker and float(score) > 0.8 and float(margin) > 0.15, clip
+            assert true == decision == speaker and float(score) > 0.7 and float(margin) > 0.3, clip
     assert lines[12].startswith("10/10 decisions right")

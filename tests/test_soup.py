@@ -72,12 +72,18 @@ def test_ingredients_that_do_not_mix_are_refused_in_one_line(tmp_path: Path):
     assert not (tmp_path / "s.pt").exists()
 
 
-def test_the_bundled_model_records_the_ensemble_it_is():
-    spec, _ = modelfile.read(REPO / "spkid" / "data" / "default_model.pt")
-    members = spec.training["ensemble"]
-    assert [(r["model"], r["weight"]) for r in members] == [("librispeech.pt", 0.7), ("multi.pt", 0.15), ("broad.pt", 0.15)]
-    assert spec.model["name"] == "ensemble" and spec.model["kwargs"]["weights"] == [0.7, 0.15, 0.15]
-    assert spec.model["kwargs"]["dim"] == 256 and spec.training["projection"]["variance_kept"] > 0.95
+def test_the_bundled_model_records_the_fusion_it_is():
+    spec, state = modelfile.read(REPO / "spkid" / "data" / "default_model.pt")
+    assert spec.model["name"] == "fusion" and spec.features == {"kind": "fusion"}
+    kwargs = spec.model["kwargs"]
+    assert (kwargs["weights"], kwargs["long_weights"], kwargs["short_s"], kwargs["long_s"]) == ([0.8, 0.2], [0.5, 0.5], 1, 3)
+    ge2e, ecapa = kwargs["members"]
+    assert ge2e["model"]["name"] == "ensemble" and ge2e["model"]["kwargs"]["weights"] == [0.7, 0.15, 0.15]
+    assert ge2e["model"]["kwargs"]["dim"] == 256 and ge2e["features"]["kind"] == "ge2e_mel"
+    assert ecapa["model"]["name"] == "sb_ecapa" and ecapa["model"]["kwargs"]["mfa_rank"] == 256
+    assert ecapa["features"]["kind"] == "sb-fbank" and ecapa["embedding"]["window_s"] == 0
+    assert [r["weight"] for r in spec.training["fusion"]] == [0.8, 0.2]
+    assert sum(v.dtype == torch.int8 for v in state.values()) > 40  # int8 weights: #19's 20 MB
     assert spec.calibration and spec.calibration["qmf"]["c"] < 0  # duration-aware: short trials get lower thresholds
 
 
@@ -255,8 +261,12 @@ def test_int8_weights_take_a_quarter_of_the_bytes_and_embed_as_before(tmp_path: 
     out = sh(f"{SOUP} --int8 {q} {a}=1")
     assert out.returncode == 0, out.stderr.decode()
     (_, sa), (_, sq) = modelfile.read(a), modelfile.read(q)
-    big = [k for k, v in sa.items() if v.dim() >= 2 and v.numel() >= modelfile.QUANTIZE_MIN]
+    big = [k for k, v in sa.items()
+           if v.dim() >= 2 and v.numel() >= modelfile.QUANTIZE_MIN and v[0].numel() >= modelfile.QUANTIZE_GROUP]
     assert big and all(sq[k].dtype == torch.int8 for k in big)
+    # an LSTM's first layer on 40 bands (rows of 40 values) stays float32: it is the sensitive one
+    lstm = modelfile.quantize(modelfile.read(make_model(tmp_path / "l.pt", 0))[1])
+    assert lstm["lstm.weight_ih_l0"].dtype == torch.float32 and lstm["lstm.weight_hh_l0"].dtype == torch.int8
     assert all(sq[k].dtype == sa[k].dtype for k in sa if k not in big)  # biases, norms, small layers: as they were
     for k in big:  # each value within half a step of its group's scale
         n = sa[k][0].numel()
