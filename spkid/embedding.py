@@ -52,7 +52,8 @@ class ModelRef:
     `onnx` the ONNX file that runs it (None: torch runs the weights of `path`).
 
     `state` holds the weights read with the spec until `weights()` hands them over (to the network), so one
-    command reads a model file once (`modelfile.model_calibration` reads the calibration from `spec`).
+    command reads a model file once (`modelfile.model_calibration` reads the calibration from `spec`); `onnx_meta`
+    likewise holds the ONNX file's record and bytes until the session is built.
     """
 
     label: str
@@ -63,6 +64,7 @@ class ModelRef:
     state: dict | None = field(default=None, repr=False, compare=False)
     onnx: Path | None = None
     family: str | None = None  # a published model of another toolkit (`spkid.importers`), read from `path`
+    onnx_meta: Any = field(default=None, repr=False, compare=False)  # onnxnet.OnnxMeta of `onnx`
 
     @property
     def backend(self) -> str:
@@ -141,7 +143,7 @@ def _read(label: str, path: Path, backend: str) -> ModelRef:
     if path.suffix.lower() == ".onnx":
         meta = onnxnet.read_meta(path)
         if backend != "torch":
-            return ModelRef(label, path, meta.sha256, spec=meta.spec, onnx=path)
+            return ModelRef(label, path, meta.sha256, spec=meta.spec, onnx=path, onnx_meta=meta)
         pt = path.with_suffix(".pt")
         head = modelfile.header(pt) if pt.is_file() else None
         if head is None or head[1] != meta.sha256:
@@ -179,7 +181,7 @@ def _onnx_form(label: str, path: Path) -> tuple[ModelRef | None, str]:
         return None, f"{sibling.name} is not a usable ONNX form"
     if meta.sha256 != head[1]:
         return None, f"{sibling.name} is another model (identity {meta.sha256[:12]}..., the model's {head[1][:12]}...)"
-    return ModelRef(label, path, head[1], spec=head[0], onnx=sibling), ""
+    return ModelRef(label, path, head[1], spec=head[0], onnx=sibling, onnx_meta=meta), ""
 
 
 def model_for_gallery(model: str | None, g: Gallery | None, backend: str = "auto") -> ModelRef:
@@ -288,7 +290,8 @@ class Embedder:
         if ref.onnx is not None:
             from spkid.onnxnet import OnnxNet
 
-            net = OnnxNet(ref.onnx, threads, jobs, device)
+            meta, ref.onnx_meta = ref.onnx_meta, None  # its bytes: read once, not kept past the session's start
+            net = OnnxNet(ref.onnx, threads, jobs, device, meta=meta)
             spec, dev = ref.spec, net.device
         else:
             if threads > 0:
@@ -360,7 +363,7 @@ class Embedder:
         lengths = np.concatenate([np.full(len(p.windows), p.windows.shape[1]) for p in items])
         flat = [w for p in items for w in p.windows]
         sums = np.zeros((len(items), self.net.embed_dim))
-        for length in np.unique(lengths):
+        for length in sorted(set(lengths.tolist())):  # not np.unique, which imports numpy.ma: 6 ms a call
             idx = np.flatnonzero(lengths == length)
             e = unit(self.forward(np.stack([flat[i] for i in idx])))
             np.add.at(sums, owners[idx], e)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 import typer
 
 from spkid.cli import COMMANDS, app
-from conftest import sh
+from conftest import clip_files, sh
 
 
 def test_help_lists_commands_in_pipeline_order():
@@ -36,6 +37,23 @@ def test_help_and_cli_import_do_not_import_torch():
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_a_call_imports_only_what_its_command_uses():
+    """One call builds the app with its own subcommand: no other command module, no pydantic (typer 0.29 builds a
+    TypeAdapter per option), and no rich while stderr is not a terminal (plain log lines)."""
+    code = (
+        "import sys; from spkid.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('spkid.cli.') and not m.startswith('spkid.cli._')),"
+        " sorted({m.split('.')[0] for m in sys.modules} & {'pydantic', 'rich', 'torch'}), file=sys.stderr)\n"
+    )
+    clip = str(clip_files("probe")[0])
+    err = subprocess.run([sys.executable, "-c", code, "vad", clip], check=True, capture_output=True).stderr
+    assert err.decode().splitlines()[-1] == "['spkid.cli.vad'] []"
+    env = {**os.environ, "TTY_COMPATIBLE": "1"}  # a terminal as rich decides it: its log handler
+    err = subprocess.run([sys.executable, "-c", code, "vad", clip], check=True, capture_output=True, env=env).stderr
+    assert err.decode().splitlines()[-1].endswith("['spkid.cli.vad'] ['rich']")  # after the progress bar's escapes
 
 
 @pytest.mark.parametrize("cmd", [c for c in COMMANDS])

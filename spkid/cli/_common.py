@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -63,7 +64,7 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
     STATE.verbose, STATE.quiet = verbose, quiet
     root = logging.getLogger()
     root.handlers.clear()
-    if err_console().is_terminal:
+    if stderr_is_terminal():
         from rich.logging import RichHandler
 
         handler: logging.Handler = RichHandler(console=err_console(), show_time=False, show_path=False, markup=False)
@@ -89,8 +90,16 @@ def err_console():
     return _console
 
 
+def stderr_is_terminal() -> bool:
+    """Whether stderr is a terminal, as rich decides it (TTY_COMPATIBLE, FORCE_COLOR, else isatty); rich (20 ms a
+    call to import and set up) only when it may be one."""
+    if "TTY_COMPATIBLE" not in os.environ and "FORCE_COLOR" not in os.environ and not sys.stderr.isatty():
+        return False
+    return err_console().is_terminal
+
+
 def show_progress() -> bool:
-    return err_console().is_terminal and not STATE.quiet
+    return stderr_is_terminal() and not STATE.quiet
 
 
 @contextlib.contextmanager

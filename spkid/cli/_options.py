@@ -19,7 +19,7 @@ InputsArg = Annotated[
              "keys are the Kaldi ids) or wav.scp files, or - for a list on stdin (the default); "
              "embed, enroll, verify and identify also take one audio clip piped on stdin.",
         show_default=False,
-        metavar="INPUT",
+        metavar="INPUT...",
     ),
 ]
 OutDirOpt = Annotated[str, typer.Option("--out-dir", "-d", metavar="DIR", help="Folder for the written files (created; input layout kept below it).")]

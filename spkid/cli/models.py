@@ -99,7 +99,7 @@ def models(
                                           help="list the catalogue (the default; `spkid models NAME...` lists "
                                                "those); pull (download) models into the cache; print the cached "
                                                "folder of each model (path); rm (delete) cached models.")] = "list",
-    names: Annotated[list[str] | None, typer.Argument(metavar="NAME", show_default=False,
+    names: Annotated[list[str] | None, typer.Argument(metavar="NAME...", show_default=False,
                                                       help="Catalogue names (pull, path, rm; list: only these).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="list: one JSON array with every field (URLs, sha256, "
                                                          "cached folder).")] = False,
