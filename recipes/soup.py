@@ -17,11 +17,15 @@ speakers, never on the speakers you test on.
 A fusion (`--fusion`, `spkid.models.fusion`): whole models side by side, each on its own front end and windows
 (SpeechBrain's ECAPA-TDNN on 80 log Mel bands of the whole utterance beside GE2E networks on 40 power Mel bands in
 1.6 s windows), scored like an ensemble; `--long-weights` makes the weights follow each utterance's speech
-(MODEL=WEIGHT's up to `--short-s` seconds, these from `--long-s` on, linearly between). `--int8` stores the large
-weights as int8 (`spkid.modelfile.quantize`), about a quarter of the bytes.
+(MODEL=WEIGHT's up to `--short-s` seconds, these from `--long-s` on, linearly between). `--center I --fit LIST`
+centres member I (0-based; repeatable): its unit embeddings of LIST's audio are averaged per corpus (the label's
+prefix before ':', as recipes/devsplit.py writes them), and the mean of those means, stored in the model's config,
+is taken out of each of that member's utterance embeddings (`spkid.utterance.fusion_centers`); fit it on training
+speakers. `--int8` stores the
+large weights as int8 (`spkid.modelfile.quantize`), about a quarter of the bytes.
 
-    python recipes/soup.py [--ensemble [--dim N --fit LIST] | --fusion [--long-weights W,W --short-s S --long-s S]]
-                           [--int8] OUT.pt MODEL=WEIGHT [MODEL=WEIGHT ...]
+    python recipes/soup.py [--ensemble [--dim N --fit LIST] | --fusion [--long-weights W,W --short-s S --long-s S]
+                           [--center I ... --fit LIST]] [--int8] OUT.pt MODEL=WEIGHT [MODEL=WEIGHT ...]
 
 MODEL is a spkid model file, `resemblyzer` (the pretrained encoder) or a published model folder of another toolkit
 (`spkid.importers`); the weights must be positive and sum to 1.
@@ -110,17 +114,30 @@ def cook(ingredients: list[tuple[str, float]], ensemble: bool = False, fusion: d
     return spec, soup
 
 
-def project(spec, state, dim: int, fit: Path, out: Path):
-    """(spec, state) of the ensemble `spec`/`state` projected onto the `dim` leading directions of its embeddings of
-    the audio files listed in `fit`."""
+def embed_list(spec, state, paths: list[str], out: Path):
+    """Embeddings (torch) of the audio files `paths` with the model `spec`/`state`, written beside `out` meanwhile."""
     import os
     import tempfile
 
+    from spkid import modelfile
+    from spkid.embedding import Embedder
+
+    fd, tmp = tempfile.mkstemp(suffix=".pt", dir=out.parent)
+    os.close(fd)
+    try:
+        modelfile.save(tmp, modelfile.build(spec, state, tmp), spec)
+        return Embedder.from_model(tmp, backend="torch").embed_files(paths)
+    finally:
+        os.unlink(tmp)
+
+
+def project(spec, state, dim: int, fit: Path, out: Path):
+    """(spec, state) of the ensemble `spec`/`state` projected onto the `dim` leading directions of its embeddings of
+    the audio files listed in `fit`."""
     import numpy as np
     import torch
 
-    from spkid import modelfile, streams
-    from spkid.embedding import Embedder
+    from spkid import streams
     from spkid.errors import SpkidError
     from spkid.lists import plural
 
@@ -128,19 +145,45 @@ def project(spec, state, dim: int, fit: Path, out: Path):
     if len(paths) < dim:
         raise SpkidError(f"--fit {fit}: {plural(len(paths), 'file')} cannot fit {dim} directions; list at least "
                          f"{dim} files of training speakers")
-    fd, tmp = tempfile.mkstemp(suffix=".pt", dir=out.parent)
-    os.close(fd)
-    try:
-        modelfile.save(tmp, modelfile.build(spec, state, tmp), spec)
-        emb = Embedder.from_model(tmp, backend="torch").embed_files(paths)
-    finally:
-        os.unlink(tmp)
+    emb = embed_list(spec, state, paths, out)
     _, sv, vt = np.linalg.svd(emb.astype(np.float64), full_matrices=False)
     basis = vt[:dim] * np.sign(vt[:dim][np.arange(dim), np.abs(vt[:dim]).argmax(1)])[:, None]  # fixed signs
     kept = float((sv[:dim] ** 2).sum() / (sv**2).sum())
     spec.model["kwargs"]["dim"] = dim
     spec.training["projection"] = {"dim": dim, "fitted_on": str(fit), "files": len(paths), "variance_kept": kept}
     return spec, {**state, "projection": torch.from_numpy(basis.astype(np.float32))}
+
+
+def center(spec, state, members: list[int], fit: Path, out: Path):
+    """The fusion `spec` with `members` centred on the mean over corpora of their mean unit embeddings of the audio
+    files listed in `fit` (module docstring)."""
+    import numpy as np
+
+    from spkid import streams
+    from spkid.errors import SpkidError
+    from spkid.models import build_model
+
+    kwargs = spec.model["kwargs"]
+    dims = [int(build_model(m["model"]["name"], **m["model"].get("kwargs", {})).embed_dim) for m in kwargs["members"]]
+    if bad := [i for i in members if not 0 <= i < len(dims)]:
+        raise SpkidError(f"--center {bad[0]}: the fusion has members 0 to {len(dims) - 1}")
+    entries = streams.read_list([str(fit)])
+    if not entries:
+        raise SpkidError(f"--fit {fit}: lists no audio files")
+    emb = embed_list(spec, state, [e.path for e in entries], out).astype(np.float64)
+    corpora = np.array([(e.label or "").partition(":")[0] if ":" in (e.label or "") else "" for e in entries])
+    centers: list = [None] * len(dims)
+    norms = {}
+    for i in sorted(set(members)):
+        part = emb[:, sum(dims[:i]) : sum(dims[: i + 1])]
+        part = part / np.linalg.norm(part, axis=1, keepdims=True)
+        mean = np.mean([part[corpora == c].mean(0) for c in sorted(set(corpora))], axis=0)
+        centers[i] = [float(x) for x in mean.astype(np.float32)]
+        norms[str(i)] = round(float(np.linalg.norm(mean)), 4)
+    kwargs["centers"] = centers
+    spec.training["centering"] = {"fitted_on": str(fit), "files": len(entries), "corpora": len(set(corpora)),
+                                  "center_norms": norms}
+    return spec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,12 +201,18 @@ def main(argv: list[str] | None = None) -> int:
                     "(a quarter of the bytes; `spkid.modelfile.quantize`)")
     ap.add_argument("--dim", type=int, default=0, help="with --ensemble: project its embedding onto this many "
                     "leading directions (0: none)")
-    ap.add_argument("--fit", type=Path, help="with --dim: the audio list (training speakers) to fit them on")
+    ap.add_argument("--center", type=int, action="append", default=[], metavar="I",
+                    help="with --fusion and --fit: centre member I (0-based; repeatable)")
+    ap.add_argument("--fit", type=Path, help="with --dim or --center: the audio list (training speakers) to fit on")
     ap.add_argument("out", type=Path, help="the model file to write")
     ap.add_argument("ingredients", nargs="+", type=ingredient, metavar="MODEL=WEIGHT")
     a = ap.parse_args(argv)
-    if a.dim < 0 or (a.dim and not (a.ensemble and a.fit)) or (a.fit and not a.dim):
+    if a.dim < 0 or (a.dim and not (a.ensemble and a.fit)):
         ap.error("--dim N (N > 0) goes with --ensemble and --fit LIST")
+    if a.center and not (a.fusion and a.fit):
+        ap.error("--center I goes with --fusion and --fit LIST")
+    if a.fit and not (a.dim or a.center):
+        ap.error("--fit LIST goes with --dim or --center")
     if a.ensemble and a.fusion:
         ap.error("--ensemble and --fusion are two ways of running models side by side: choose one")
     if a.long_weights and not a.fusion:
@@ -176,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         spec, state = cook(a.ingredients, a.ensemble, durations if a.fusion else None)
         if a.dim:
             spec, state = project(spec, state, a.dim, a.fit, a.out)
+        if a.center:
+            spec = center(spec, state, a.center, a.fit, a.out)
         modelfile.build(spec, state, a.out)  # refuses what does not make a network
         sha = modelfile.save_state(a.out, spec, modelfile.quantize(state) if a.int8 else state)
     except SpkidError as e:

@@ -32,7 +32,7 @@ import numpy as np
 from spkid.errors import SpkidError
 from spkid.frontends import frontend
 from spkid.scoring import unit
-from spkid.utterance import EmbedConfig, FusedPreparer, FusionWeights, Prepared, Preparer
+from spkid.utterance import EmbedConfig, FusedPreparer, FusionWeights, Prepared, Preparer, fusion_centers
 
 if TYPE_CHECKING:
     from spkid.gallery import Gallery
@@ -256,6 +256,7 @@ class Embedder:
     batch_size: int = BATCH_SIZE
     members: list[Embedder] = field(default_factory=list)  # a fusion's members, and how they are weighed
     weights: FusionWeights | None = None
+    center: np.ndarray | None = None  # a fusion's member: taken out of each unit utterance embedding (`fusion_centers`)
 
     @classmethod
     def from_model(
@@ -320,13 +321,16 @@ class Embedder:
         members = []
         kwargs = spec.model["kwargs"]
         weights = FusionWeights.from_kwargs(kwargs, len(kwargs["members"]))
+        centers = fusion_centers(kwargs)
         for i, cfg in enumerate(kwargs["members"]):
             source = f"{ref.path}: member {i}"
             mspec = ModelSpec(model=cfg["model"], features=cfg["features"], embedding=cfg.get("embedding", {}))
             prep = replace(base, front=frontend(mspec.features, source),
                            cfg=EmbedConfig.from_dict(mspec.embedding, source, window_s=window_s, hop_s=hop_s))
             mnet = net.member(i) if ref.onnx is not None else net.members[i]
-            members.append(cls(mnet, mspec, ref, prep, dev, batch_size))
+            if centers[i] is not None and len(centers[i]) != mnet.embed_dim:
+                raise SpkidError(f"{source}: its center has {len(centers[i])} values, its embeddings {mnet.embed_dim}")
+            members.append(cls(mnet, mspec, ref, prep, dev, batch_size, center=centers[i]))
         first = members[0].prep
         prep = FusedPreparer(first.front, first.cfg, first.use_vad, [m.prep for m in members])
         return cls(net, spec, ref, prep, dev, batch_size, members, weights)
@@ -367,7 +371,7 @@ class Embedder:
             idx = np.flatnonzero(lengths == length)
             e = unit(self.forward(np.stack([flat[i] for i in idx])))
             np.add.at(sums, owners[idx], e)
-        return unit(sums).astype(np.float32)
+        return unit(sums if self.center is None else unit(sums) - self.center).astype(np.float32)
 
     def embed_signals(self, signals: Iterable[np.ndarray], sr: int) -> np.ndarray:
         """Embeddings `(N, D)` of mono signals at `sr` Hz (VAD and windows as configured)."""

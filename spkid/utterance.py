@@ -383,6 +383,24 @@ class FusionWeights:
         return (1 - t) * short + t * np.array(self.long)
 
 
+def fusion_centers(kwargs: dict[str, Any]) -> list[np.ndarray | None]:
+    """Per member of a fusion, the vector taken out of its unit utterance embeddings before they are normalised again
+    (kwargs `centers`: a list of numbers or null per member; none: no member is centred). A network trained on
+    another domain (SpeechBrain's ECAPA-TDNN on VoxCeleb) puts all of our speech in one region of its space: the
+    mean of its embeddings of training speakers' audio (`recipes/soup.py --center`) is that common part, and
+    cosines after taking it out weigh what tells speakers apart here (the centring of a cosine or PLDA back end)."""
+    members = len(kwargs["members"])
+    raw = kwargs.get("centers")
+    if raw is None:
+        return [None] * members
+    ok = isinstance(raw, list) and len(raw) == members and all(
+        c is None or (isinstance(c, list) and c and all(isinstance(x, (int, float)) and math.isfinite(x) for x in c))
+        for c in raw)
+    if not ok:
+        raise SpkidError(f"fusion: centers must be one list of numbers (or null) per member, for {members} members")
+    return [None if c is None else np.asarray(c, np.float64) for c in raw]
+
+
 def _frames(seconds: float, front: Frontend) -> int:
     return int(round(seconds * front.sample_rate / front.frame_step))
 

@@ -23,7 +23,7 @@ from spkid import onnxexport  # noqa: E402
 from spkid.models import MODELS, SMALL, build_model  # noqa: E402
 
 FEATURES = {"kind": "fbank", "n_filters": 40}
-BUNDLED_SHA = "6e99ff3ddbc849e30db1b22e547472a6bb96c30f8fcf1e295a30637c6d989ad3"  # galleries record it
+BUNDLED_SHA = "d9b5e92145c98ecd88bd2c82071080f0af9053c9a6df807ef86bf067f86040d0"  # galleries record it
 EARLIER_BUNDLED_SHA = "3fd1d03dd3524c43d820718a0081d732dbc16c9789cd0efeae06f707f6653210"  # the bundled ensemble of stop 25
 has_resemblyzer = __import__("importlib").util.find_spec("resemblyzer") is not None
 

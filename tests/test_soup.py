@@ -319,3 +319,32 @@ def test_fusions_that_cannot_be_built_are_refused_in_one_line(tmp_path: Path):
         assert not (tmp_path / "x.pt").exists()
     out = sh(f"{SOUP} {tmp_path / 'x.pt'} {a}=1 --long-weights 0.5,0.5")
     assert out.returncode == 2 and b"--long-weights goes with --fusion" in out.stderr
+
+
+def test_a_centred_member_has_the_mean_of_its_training_embeddings_taken_out(tmp_path: Path):
+    clips = clip_files()[:6] or pytest.skip("needs the shipped example clips (examples/clips)")
+    a = make_model(tmp_path / "a.pt", 0)
+    b = make_model(tmp_path / "b.pt", 1, name="ecapa_tdnn")
+    fit = tmp_path / "fit.txt"  # two corpora, of 2 and 4 files: each corpus's mean counts once
+    fit.write_text("".join(f"{c}\t{'one' if i < 2 else 'two'}:{c.parent.name}\n" for i, c in enumerate(clips)))
+    fused = tmp_path / "fused.pt"
+    out = sh(f"{SOUP} --fusion --center 1 --fit {fit} {fused} {a}=0.6 {b}=0.4")
+    assert out.returncode == 0, out.stderr.decode()
+    spec, _, _ = modelfile.verify(fused)
+    centers = spec.model["kwargs"]["centers"]
+    eb = _embed(b, clips)
+    want_center = (eb[:2].mean(0) + eb[2:].mean(0)) / 2  # of the utterance embeddings (b averages 1.5 s windows)
+    assert centers[0] is None and np.allclose(centers[1], want_center, atol=1e-5)
+    assert spec.training["centering"]["files"] == 6 and spec.training["centering"]["corpora"] == 2
+    got = _embed(fused, clips)
+    ea = _embed(a, clips)
+    centred = (eb - want_center) / np.linalg.norm(eb - want_center, axis=1, keepdims=True)
+    assert np.allclose(got, np.concatenate([np.sqrt(0.6) * ea, np.sqrt(0.4) * centred], axis=1), atol=1e-5)
+    assert sh(f"spkid export {fused}").returncode == 0  # the ONNX form takes the centre from the same config
+    assert np.allclose(_embed(fused.with_suffix(".onnx"), clips), got, atol=1e-5)
+    for args, code, message in ((f"--fusion --center 1 {fused} {a}=0.6 {b}=0.4", 2, "--center I goes with --fusion and --fit"),
+                                (f"--fusion --center 2 --fit {fit} {tmp_path / 'x.pt'} {a}=0.6 {b}=0.4", 1,
+                                 "--center 2: the fusion has members 0 to 1")):
+        out = sh(f"{SOUP} {args}")
+        assert out.returncode == code and message in out.stderr.decode(), out.stderr.decode()
+    assert not (tmp_path / "x.pt").exists()

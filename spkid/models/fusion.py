@@ -7,7 +7,8 @@ bands in 1.6 s windows and SpeechBrain's ECAPA-TDNN on 80 log Mel bands of the w
 As in an ensemble, each member's utterance embedding is a unit vector scaled by the square root of its weight, and
 the weights sum to 1, so the joint vector is a unit vector whose cosines are a weighted mean of the members' cosines
 (score-level fusion as one embedding). The weights may depend on the utterance's speech duration
-(`spkid.utterance.FusionWeights`): a network that is better on long speech can count for more there.
+(`spkid.utterance.FusionWeights`): a network that is better on long speech can count for more there. A member may
+be centred (`centers`, `spkid.utterance.fusion_centers`): a vector taken out of its utterance embeddings.
 
 This module only holds the networks (for model files, identities and `spkid export`); `spkid.embedding` prepares
 each member's windows from one voiced signal and runs them (`Embedder`).
@@ -20,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from spkid.errors import SpkidError
-from spkid.utterance import FusionWeights
+from spkid.utterance import FusionWeights, fusion_centers
 
 
 def check_members(members: Any, weights: FusionWeights) -> None:
@@ -37,11 +38,12 @@ def check_members(members: Any, weights: FusionWeights) -> None:
 class Fusion(nn.Module):
     """`members`: model configs (`{"model": {"name", "kwargs"}, "features": {...}, "embedding": {...}}`); `weights`,
     `long_weights`, `short_s`, `long_s`: how they are weighed by an utterance's speech duration
-    (`spkid.utterance.FusionWeights`). `embed_dim` is the sum of the members'; it has no `forward` of its own: each
+    (`spkid.utterance.FusionWeights`); `centers`: what is taken out of each member's utterance embeddings
+    (`spkid.utterance.fusion_centers`). `embed_dim` is the sum of the members'; it has no `forward` of its own: each
     member takes its own features (`spkid.embedding.Embedder`)."""
 
     def __init__(self, members: list[dict[str, Any]], weights: list[float], long_weights: list[float] | None = None,
-                 short_s: float = 1.0, long_s: float = 3.0) -> None:
+                 short_s: float = 1.0, long_s: float = 3.0, centers: list[list[float] | None] | None = None) -> None:
         super().__init__()
         from spkid.models import build_model
 
@@ -52,3 +54,10 @@ class Fusion(nn.Module):
             raise ValueError(str(e)) from None
         self.members = nn.ModuleList(build_model(m["model"]["name"], **m["model"].get("kwargs", {})) for m in members)
         self.embed_dim = sum(int(m.embed_dim) for m in self.members)
+        try:
+            given = fusion_centers({"members": members, "centers": centers})
+        except SpkidError as e:
+            raise ValueError(str(e)) from None
+        for i, (c, m) in enumerate(zip(given, self.members)):
+            if c is not None and len(c) != int(m.embed_dim):
+                raise ValueError(f"fusion: the center of member {i} has {len(c)} values, its embeddings {m.embed_dim}")
