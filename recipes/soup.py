@@ -21,8 +21,7 @@ A fusion (`--fusion`, `spkid.models.fusion`): whole models side by side, each on
 centres member I (0-based; repeatable): its unit embeddings of LIST's audio are averaged per corpus (the label's
 prefix before ':', as recipes/devsplit.py writes them), and the mean of those means, stored in the model's config,
 is taken out of each of that member's utterance embeddings (`spkid.utterance.fusion_centers`); fit it on training
-speakers. `--int8` stores the
-large weights as int8 (`spkid.modelfile.quantize`), about a quarter of the bytes.
+speakers. `--int8` stores the large weights as int8 (`spkid.modelfile.quantize`), about a quarter of the bytes.
 
     python recipes/soup.py [--ensemble [--dim N --fit LIST] | --fusion [--long-weights W,W --short-s S --long-s S]
                            [--center I ... --fit LIST]] [--int8] OUT.pt MODEL=WEIGHT [MODEL=WEIGHT ...]
