@@ -342,9 +342,24 @@ def test_a_centred_member_has_the_mean_of_its_training_embeddings_taken_out(tmp_
     assert np.allclose(got, np.concatenate([np.sqrt(0.6) * ea, np.sqrt(0.4) * centred], axis=1), atol=1e-5)
     assert sh(f"spkid export {fused}").returncode == 0  # the ONNX form takes the centre from the same config
     assert np.allclose(_embed(fused.with_suffix(".onnx"), clips), got, atol=1e-5)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
     for args, code, message in ((f"--fusion --center 1 {fused} {a}=0.6 {b}=0.4", 2, "--center I goes with --fusion and --fit"),
+                                (f"--fusion --fit {fit} {fused} {a}=0.6 {b}=0.4", 2, "--fit LIST goes with --dim or --center"),
                                 (f"--fusion --center 2 --fit {fit} {tmp_path / 'x.pt'} {a}=0.6 {b}=0.4", 1,
-                                 "--center 2: the fusion has members 0 to 1")):
+                                 "--center 2: the fusion has members 0 to 1"),
+                                (f"--fusion --center 1 --fit {empty} {tmp_path / 'x.pt'} {a}=0.6 {b}=0.4", 1,
+                                 "lists no audio files")):
         out = sh(f"{SOUP} {args}")
-        assert out.returncode == code and message in out.stderr.decode(), out.stderr.decode()
+        err = out.stderr.decode()
+        assert out.returncode == code and message in err and (code == 2 or err.count("\n") == 1), err
     assert not (tmp_path / "x.pt").exists()
+    # a centre that does not fit its member is refused in one line when the model is loaded
+    spec, state = modelfile.read(fused)
+    for bad, message in (([None, [0.1] * 5], "the center of member 1 has 5 values, its embeddings 192"),
+                         ([None], "centers must be one list of numbers (or null) per member")):
+        spec.model["kwargs"]["centers"] = bad
+        modelfile.save_state(tmp_path / "bad.pt", spec, state)
+        out = sh(f"spkid embed {clips[0]} -m {tmp_path / 'bad.pt'}")
+        err = out.stderr.decode()
+        assert out.returncode == 1 and out.stdout == b"" and err.count("\n") == 1 and message in err, err
