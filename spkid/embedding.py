@@ -321,15 +321,13 @@ class Embedder:
         members = []
         kwargs = spec.model["kwargs"]
         weights = FusionWeights.from_kwargs(kwargs, len(kwargs["members"]))
-        centers = fusion_centers(kwargs)
-        for i, cfg in enumerate(kwargs["members"]):
+        nets = [net.member(i) if ref.onnx is not None else net.members[i] for i in range(len(kwargs["members"]))]
+        centers = fusion_centers(kwargs, [int(n.embed_dim) for n in nets])
+        for i, (cfg, mnet) in enumerate(zip(kwargs["members"], nets)):
             source = f"{ref.path}: member {i}"
             mspec = ModelSpec(model=cfg["model"], features=cfg["features"], embedding=cfg.get("embedding", {}))
             prep = replace(base, front=frontend(mspec.features, source),
                            cfg=EmbedConfig.from_dict(mspec.embedding, source, window_s=window_s, hop_s=hop_s))
-            mnet = net.member(i) if ref.onnx is not None else net.members[i]
-            if centers[i] is not None and len(centers[i]) != mnet.embed_dim:
-                raise SpkidError(f"{source}: its center has {len(centers[i])} values, its embeddings {mnet.embed_dim}")
             members.append(cls(mnet, mspec, ref, prep, dev, batch_size, center=centers[i]))
         first = members[0].prep
         prep = FusedPreparer(first.front, first.cfg, first.use_vad, [m.prep for m in members])

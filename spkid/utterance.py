@@ -383,9 +383,10 @@ class FusionWeights:
         return (1 - t) * short + t * np.array(self.long)
 
 
-def fusion_centers(kwargs: dict[str, Any]) -> list[np.ndarray | None]:
+def fusion_centers(kwargs: dict[str, Any], dims: Sequence[int]) -> list[np.ndarray | None]:
     """Per member of a fusion, the vector taken out of its unit utterance embeddings before they are normalised again
-    (kwargs `centers`: a list of numbers or null per member; none: no member is centred). A network trained on
+    (kwargs `centers`: a list of numbers or null per member; none: no member is centred), checked against the
+    members' embedding sizes `dims`. A network trained on
     another domain (SpeechBrain's ECAPA-TDNN on VoxCeleb) puts all of our speech in one region of its space: the
     mean of its embeddings of training speakers' audio (`recipes/soup.py --center`) is that common part, and
     cosines after taking it out weigh what tells speakers apart here (the centring of a cosine or PLDA back end)."""
@@ -398,6 +399,9 @@ def fusion_centers(kwargs: dict[str, Any]) -> list[np.ndarray | None]:
         for c in raw)
     if not ok:
         raise SpkidError(f"fusion: centers must be one list of numbers (or null) per member, for {members} members")
+    for i, (c, dim) in enumerate(zip(raw, dims)):
+        if c is not None and len(c) != dim:
+            raise SpkidError(f"fusion: the center of member {i} has {len(c)} values, its embeddings {dim}")
     return [None if c is None else np.asarray(c, np.float64) for c in raw]
 
 

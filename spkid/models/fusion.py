@@ -55,9 +55,6 @@ class Fusion(nn.Module):
         self.members = nn.ModuleList(build_model(m["model"]["name"], **m["model"].get("kwargs", {})) for m in members)
         self.embed_dim = sum(int(m.embed_dim) for m in self.members)
         try:
-            given = fusion_centers({"members": members, "centers": centers})
+            fusion_centers({"members": members, "centers": centers}, [int(m.embed_dim) for m in self.members])
         except SpkidError as e:
             raise ValueError(str(e)) from None
-        for i, (c, m) in enumerate(zip(given, self.members)):
-            if c is not None and len(c) != int(m.embed_dim):
-                raise ValueError(f"fusion: the center of member {i} has {len(c)} values, its embeddings {m.embed_dim}")
