@@ -23,6 +23,9 @@ Protocol (also imported by scripts/train_vad.py, which keeps everything held out
   speech there, so every detector's miss is high on that set; nothing here is trained or tuned on it.
 - Music never heard: the first 90 s of each hyperrogue-music track (Debian; scripts/train_vad.py's dev music,
   never trained on), share of frames flagged; skipped when the package is not installed.
+- Sound effects never heard: the effects of two Debian games (btanks-data, lincity-ng-data; train_vad.py's dev
+  effects, never trained on) at least 0.2 s long that silero-vad flags on at most 2 % of their frames (spoken
+  lines are left out; laughs, screams, animals, engines and alarms stay), share of frames flagged.
 
 Held out (never trained on): speakers at every 5th position of the numerically sorted speaker ids (offset 0),
 the last 40 % of each noise clip, and the music/effect clips in `HELD_OUT_MUSIC` / `HELD_OUT_EFFECTS`.
@@ -328,19 +331,67 @@ def score_real(run, items: list[Mixture]) -> dict:
 
 UNSEEN_MUSIC = Path("/usr/share/hyperrogue/music")  # Debian hyperrogue-music: never trained on (train_vad.py's dev)
 UNSEEN_EXCERPT_S = 90.0
+# Debian game sound effects never trained on (train_vad.py's dev effects): btanks-data, lincity-ng-data
+UNSEEN_EFFECTS = {"/usr/share/games/btanks/data/sounds": "btanks-data",
+                  "/usr/share/games/lincity-ng/sounds": "lincity-ng-data"}
+AUDIO_SUFFIXES = (".ogg", ".oga", ".opus", ".mp3", ".flac", ".wav")
+WORDLESS_SHARE = 0.02  # effects are scored (and trained on) only where silero-vad flags at most this share
+MIN_EFFECT_S = 0.2
+
+
+def audio_files(dirs) -> list[Path]:
+    """The audio files under `dirs` (recursively), sorted."""
+    return sorted(f for d in map(Path, dirs) for f in d.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES)
+
+
+def read_excerpt(path: Path, seconds: float, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Up to `seconds` of an audio file (the start, or a seeded offset with `rng`), mono 16 kHz, peak 0.5."""
+    from spkid import audio
+
+    x, sr = audio.read(path)
+    x = audio.downmix(x)  # then cut before resampling: a whole track would cost several times more
+    n = min(len(x), int(seconds * sr))
+    off = int(rng.integers(0, len(x) - n + 1)) if rng is not None else 0
+    x = audio.resample(x[off : off + n], sr, SR)
+    return (0.5 * x / (np.abs(x).max() + 1e-9)).astype(np.float32)
 
 
 def unseen_music() -> list[Clip]:
     """The first 90 s of each track of a game soundtrack no detector here was trained on (empty when the package
     is not installed), mono 16 kHz, peak 0.5."""
-    from spkid import audio
+    paths = sorted(UNSEEN_MUSIC.glob("*.ogg")) if UNSEEN_MUSIC.is_dir() else []
+    return [Clip(p.stem, "unseen", read_excerpt(p, UNSEEN_EXCERPT_S)) for p in paths]
 
-    out = []
-    for path in sorted(UNSEEN_MUSIC.glob("*.ogg")) if UNSEEN_MUSIC.is_dir() else []:
-        x, sr = audio.read(path)
-        x = audio.resample(audio.downmix(x)[: int(UNSEEN_EXCERPT_S * sr)], sr, SR)
-        out.append(Clip(path.stem, "unseen", (0.5 * x / (np.abs(x).max() + 1e-9)).astype(np.float32)))
-    return out
+
+def wordless(clips: list[Clip]) -> list[Clip]:
+    """The clips silero-vad (through spkid.vadsilero) flags on at most `WORDLESS_SHARE` of their 10 ms frames:
+    game sound effects include spoken lines and shouted words, which are neither trained on as non-speech nor
+    scored as such. Laughs, grunts, screams, animals and machines stay: people do not label them speech."""
+    from spkid import vadsilero
+
+    return [c for c in clips if np.mean(vadsilero.speech_prob(c.signal) > vadsilero.THRESHOLD) <= WORDLESS_SHARE]
+
+
+def effect_clips(dirs, seconds: float = UNSEEN_EXCERPT_S, skip: tuple[str, ...] = ()) -> list[Clip]:
+    """The wordless (`wordless`) sound effects under `dirs`, at least `MIN_EFFECT_S` long, up to `seconds` each;
+    files whose names match a glob of `skip` are left out."""
+    paths = [p for p in audio_files(dirs) if not any(p.match(g) for g in skip)]
+    clips = [Clip(str(p), "effect", read_excerpt(p, seconds)) for p in paths]
+    return wordless([c for c in clips if len(c.signal) >= MIN_EFFECT_S * SR])
+
+
+def unseen_effects() -> list[Clip]:
+    """The wordless sound effects of `UNSEEN_EFFECTS` (empty when a package is missing or silero-vad is not
+    installed: the selection needs it)."""
+    from spkid import vadsilero
+    from spkid.errors import SpkidError
+
+    try:
+        vadsilero.model_path()
+    except SpkidError:
+        return []
+    dirs = [d for d in UNSEEN_EFFECTS if Path(d).is_dir()]
+    return effect_clips(dirs) if len(dirs) == len(UNSEEN_EFFECTS) else []
 
 
 def frames_from_segments(segs: np.ndarray, n_frames: int) -> np.ndarray:
@@ -481,13 +532,14 @@ def main() -> None:
     real = {k: v for k, v in real.items() if v}
     real["all real"] = [m for v in real.values() for m in v]
     unseen = unseen_music()
+    effects = unseen_effects()
     results = {}
     for name, run in ms.items():
         table, tc1, ta1 = score_mixtures(run, mixtures)
         flagged, tc2, ta2 = score_nonspeech(run, clips + vocal)
         results[name] = {"table": table, "flagged": flagged, "speed": (ta1 + ta2) / max(tc1 + tc2, 1e-9),
                          "real": {k: score_real(run, v) for k, v in real.items()},
-                         "unseen": score_nonspeech(run, unseen)[0]}
+                         "unseen": score_nonspeech(run, unseen)[0], "effects": score_nonspeech(run, effects)[0]}
     print(f"\n## real recordings, human labels (10 ms frames, collar {REAL_COLLAR_S * 1000:.0f} ms): "
           + "; ".join(f"{k} {len(v)} x {sum(len(m.signal) for m in v) / SR:.0f} s" for k, v in real.items()))
     print(f"{'set':<16} {'method':<12} {'agreement':>10} {'miss':>8} {'false alarm':>12}")
@@ -518,18 +570,25 @@ def main() -> None:
     for kind in ("noise", "music", "effect"):
         vals = {n: [v for k, v in r["flagged"].values() if k == kind] for n, r in results.items()}
         print(f"{'max ' + kind:<28} " + " ".join(f"{max(v) * 100:>11.1f}%" for v in vals.values()))
-    if unseen:
-        print(f"\n## music never heard ({len(unseen)} tracks of {UNSEEN_MUSIC}, first {UNSEEN_EXCERPT_S:.0f} s each): "
-              f"share of frames flagged, mean / worst / tracks over 5 %")
+    for key, title, missing in (
+        ("unseen", f"music never heard ({len(unseen)} tracks of {UNSEEN_MUSIC}, first {UNSEEN_EXCERPT_S:.0f} s each)",
+         f"{UNSEEN_MUSIC} not found (apt-get install hyperrogue-music)"),
+        ("effects", f"sound effects never heard ({len(effects)} wordless clips of {', '.join(UNSEEN_EFFECTS.values())}; "
+                    f"selected by silero-vad, so its own figure is at most {WORDLESS_SHARE:.0%} a clip)",
+         f"needs apt-get install {' '.join(UNSEEN_EFFECTS.values())} and silero-vad"),
+    ):
+        if not any(r[key] for r in results.values()):
+            print(f"\n# {title.split(' (')[0]}: {missing}; skipped")
+            continue
+        print(f"\n## {title}: share of frames flagged, mean / worst / clips over 5 %")
         for name, r in results.items():
-            v = np.array([f for _, f in r["unseen"].values()])
+            v = np.array([f for _, f in r[key].values()])
             print(f"{name:<12} {v.mean() * 100:>6.1f}% {v.max() * 100:>6.1f}% {int(np.sum(v > 0.05)):>4}/{len(v)}")
-    else:
-        print(f"\n# music never heard: {UNSEEN_MUSIC} not found (apt-get install hyperrogue-music); skipped")
     if args.json:
         dump = {n: {"agreement": {str(s): r["table"][(s, "all")] for s in SNRS},
                     "flagged": {k: v[1] for k, v in r["flagged"].items()}, "speed_x_rt": r["speed"], "real": r["real"],
-                    "unseen_music": {k: v[1] for k, v in r["unseen"].items()}}
+                    "unseen_music": {k: v[1] for k, v in r["unseen"].items()},
+                    "unseen_effects": {k: v[1] for k, v in r["effects"].items()}}
                 for n, r in results.items()}
         Path(args.json).write_text(json.dumps(dump, indent=1))
 

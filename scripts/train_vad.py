@@ -2,6 +2,8 @@
 
     apt-get install wesnoth-1.16-music warzone2100-music singularity-music asc-music planetblupi-music-ogg \
                     hyperrogue-music                       # Debian: 10 h of game music (GPL, no singing)
+    apt-get install wesnoth-1.16-data supertux-data colobot-common-sounds extremetuxracer-data frozen-bubble-data \
+                    chromium-bsu-data pingus-data sound-theme-freedesktop btanks-data lincity-ng-data  # sound effects
     pip install silero-vad --no-deps             # the teacher's weights, run through onnxruntime (no torch)
     python scripts/train_vad.py                  # seeded; ~11 min on 2 cores (2 data processes, 1 torch thread)
     python scripts/train_vad.py --examples 400 --epochs 1 --extra-music --dev-music -o /tmp/vad.npz  # smoke run
@@ -27,6 +29,14 @@ Data split (see bench/vad.py for the benchmark side; nothing the benchmark score
   music by other composers, never heard, to choose settings by without touching the benchmark.
 - `--unseen-music CLIP ...` keeps whole training-side music clips out of training and scores them in the dev
   report: the check of generalisation to music never heard (the dev ranges of trained clips are too easy).
+- sound events, off by default (`--event-share`, with the teacher): that share of the backgrounds are sound
+  effects (`--extra-effects`, the Debian game and desktop effects above but btanks' and lincity-ng's) at random
+  times over a faint bed (`event_track`), and as many speech examples are pieces of speech alone (`sparse`).
+  Effects in which silero-vad hears words (spoken lines, `bench.wordless`) and wesnoth's units' cries
+  (`--skip-effects`) are left out. It halves the never-heard effects flagged, but every network trained so missed
+  more of the words said alone (see the README's VAD section), so the shipped network has none.
+- the dev report also scores btanks' and lincity-ng's effects (`--dev-effects`, bench/vad.py's effects never
+  heard, never trained on) and, with the teacher, words alone (`isolated_speech`).
 - speech also from ../shared/data/extra_speakers (a quarter of the utterances; other languages, children, command
   words; none of it is benchmarked), and 15 % of the examples passed through 8 kHz (telephone audio), their
   features computed as spkid.vad computes them, with the empty band filled.
@@ -333,7 +343,6 @@ def unseen_clips(names: tuple[str, ...]) -> list[bench.Clip]:
     return [bench.Clip(name, "unseen", bench.load(bench.DATA / "nonspeech" / name)) for name in names]
 
 
-AUDIO_SUFFIXES = (".ogg", ".opus", ".mp3", ".flac", ".wav")
 DEBIAN_MUSIC = {  # folder: Debian package
     "/usr/share/games/wesnoth/1.16/data/core/music": "wesnoth-1.16-music",
     "/usr/share/games/warzone2100/music": "warzone2100-music",
@@ -342,20 +351,36 @@ DEBIAN_MUSIC = {  # folder: Debian package
     "/usr/share/planetblupi/music": "planetblupi-music-ogg",
 }
 DEBIAN_DEV_MUSIC = {"/usr/share/hyperrogue/music": "hyperrogue-music"}
+DEBIAN_EFFECTS = {  # folder: Debian package (game and desktop sound effects, GPL or CC BY-SA)
+    "/usr/share/games/wesnoth/1.16/data/core/sounds": "wesnoth-1.16-data",
+    "/usr/share/games/supertux2/sounds": "supertux-data",
+    "/usr/share/games/colobot/sounds": "colobot-common-sounds",
+    "/usr/share/games/etr/sounds": "extremetuxracer-data",
+    "/usr/share/games/frozen-bubble/snd": "frozen-bubble-data",
+    "/usr/share/games/chromium-bsu/wav": "chromium-bsu-data",
+    "/usr/share/games/pingus/data/sounds": "pingus-data",
+    "/usr/share/sounds/freedesktop/stereo": "sound-theme-freedesktop",
+}
 EXCERPT_S = 90.0
-# Loaded by main() before the data workers fork, so they share it instead of receiving a pickled copy.
+EFFECT_S = 30.0  # at most this much of each training effect (the start)
+VOICE_EFFECTS = ("*-hit*", "*-die*")  # wesnoth's units' cries when hit and dying: grunts and shouts
+EVENT_GAP_S = (0.1, 2.5)  # silence between the sound events of an `event_track`
+SPARSE_S = (0.3, 1.0)  # pieces of speech alone (`speech_session(sparse=True)`), as long as most sound events
+SPARSE_GAP_S = (0.3, 2.5)  # and the silence between them
+# Loaded by main() before the data workers fork, so they share them instead of receiving a pickled copy.
 EXTRA_MUSIC: list[np.ndarray] = []
+EXTRA_EFFECTS: list[np.ndarray] = []
 
 
-def music_files(dirs: list[Path]) -> list[Path]:
+def found_audio(dirs: list[Path], what: str = "music") -> list[Path]:
     """The audio files under `dirs` (recursively), sorted; SystemExit naming the package of a missing folder."""
     missing = [str(d) for d in dirs if not d.is_dir()]
     if missing:
-        known = {**DEBIAN_MUSIC, **DEBIAN_DEV_MUSIC}
+        known = {**DEBIAN_MUSIC, **DEBIAN_DEV_MUSIC, **DEBIAN_EFFECTS, **bench.UNSEEN_EFFECTS}
         packages = [known[d] for d in missing if d in known]
         hint = f" (apt-get install {' '.join(packages)})" if packages else ""
-        raise SystemExit(f"train_vad.py: music folder not found: {' '.join(missing)}{hint}")
-    files = sorted(f for d in dirs for f in d.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES)
+        raise SystemExit(f"train_vad.py: {what} folder not found: {' '.join(missing)}{hint}")
+    files = bench.audio_files(dirs)
     if dirs and not files:
         raise SystemExit(f"train_vad.py: no audio files under {' '.join(map(str, dirs))}")
     return files
@@ -363,18 +388,8 @@ def music_files(dirs: list[Path]) -> list[Path]:
 
 def load_music(files: list[Path], seed: int) -> list[np.ndarray]:
     """One excerpt of up to 90 s (at a seeded offset) of each file, mono 16 kHz, peak 0.5."""
-    from spkid import audio
-
     rng = np.random.default_rng(seed)
-    out = []
-    for f in files:
-        x, sr = audio.read(f)
-        x = audio.downmix(x)  # then cut before resampling: a whole track would cost several times more
-        n = min(len(x), int(EXCERPT_S * sr))
-        off = int(rng.integers(0, len(x) - n + 1))
-        x = audio.resample(x[off : off + n], sr, SR)
-        out.append((0.5 * x / (np.abs(x).max() + 1e-9)).astype(np.float32))
-    return out
+    return [bench.read_excerpt(f, EXCERPT_S, rng) for f in files]
 
 
 LEVEL_DB = (-45.0, -12.0)  # dBFS RMS of the examples
@@ -418,17 +433,43 @@ def babble(rng: np.random.Generator, pools: Pools, x: np.ndarray, lab: np.ndarra
 
 class Pools:
     def __init__(self, speakers: list[str], part: str, unseen: tuple[str, ...] = (),
-                 extra_speech: bool = False) -> None:
+                 extra_speech: bool = False, event_share: float = 0.0) -> None:
         self.speech = [bench.load(f) for s in speakers for f in bench.speaker_files(s)]
         self.extra = [bench.load(f) for f in extra_speech_files()] if extra_speech and part == "train" else []
         clips = real_nonspeech(part, unseen)
         self.noise = [c.signal for c in clips if c.kind == "noise"]
         self.music = [c.signal for c in clips if c.kind == "music"] + (EXTRA_MUSIC if part == "train" else [])
         self.effect = [c.signal for c in clips if c.kind == "effect"]
+        self.events = EXTRA_EFFECTS if part == "train" and event_share > 0 else []
+        self.event_share = event_share
+
+
+def event_track(rng: np.random.Generator, pools: Pools, n: int) -> np.ndarray:
+    """n samples of sound events (`--extra-effects`) that come and go, `EVENT_GAP_S` apart, each at its own level
+    and speed, over a faint bed of noise 15-40 dB below them: the laughs, knocks, animals, engines and alarms of
+    real recordings, which people do not label speech."""
+    x = np.zeros(n)
+    t = int(rng.uniform(0.0, 1.0) * SR)
+    while t < n:
+        e = pools.events[rng.integers(len(pools.events))]
+        if rng.random() < 0.5:
+            e = vary_speed(rng, e, 0.8, 1.25)
+        e = e[: n - t] * 10 ** (rng.uniform(-10, 10) / 20)
+        x[t : t + len(e)] += e
+        t += len(e) + int(rng.uniform(*EVENT_GAP_S) * SR)
+    bed = bench.crop(rng, pools.noise[rng.integers(len(pools.noise))], n) if rng.random() < 0.5 else coloured_noise(rng, n)
+    level = np.sqrt(np.mean(x**2)) / (np.sqrt(np.mean(bed**2)) + 1e-12)
+    return x + bed * level * 10 ** (-rng.uniform(15, 40) / 20)
 
 
 def background(rng: np.random.Generator, pools: Pools, n: int) -> np.ndarray:
-    """One non-speech signal of n samples, unit RMS."""
+    """One non-speech signal of n samples, unit RMS: an `event_track` for an `event_share` of them (when there are
+    events: none with `--teacher none`, so that recipe draws what it always drew), else one of the kinds below."""
+    if pools.events and rng.random() < pools.event_share:
+        x = event_track(rng, pools, n)
+        if rng.random() < 0.3:
+            x = band_limit(rng, x)
+        return x / (np.sqrt(np.mean(x**2)) + 1e-9)
     r = rng.random()
     if r < 0.2:
         x = bench.crop(rng, pools.noise[rng.integers(len(pools.noise))], n)
@@ -464,12 +505,15 @@ def nonspeech(rng: np.random.Generator, pools: Pools, n: int) -> np.ndarray:
     return x
 
 
-def speech_session(rng: np.random.Generator, pools: Pools, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Dry speech (utterances with random gaps), n samples, and its 10 ms reference labels."""
+def speech_session(rng: np.random.Generator, pools: Pools, n: int,
+                   sparse: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Dry speech (utterances with random gaps), n samples, and its 10 ms reference labels. `sparse`: pieces of
+    `SPARSE_S` cut from the utterances, `SPARSE_GAP_S` apart: words and short phrases alone, as an
+    `event_track`'s sounds are (else a network learns that a short sound alone is not speech)."""
     parts, labels, total = [], [], 0
     first = True
     while total < n + 2 * SR:
-        gap = int(rng.uniform(0.0, 2.5 if not first else 1.0) * 100) * HOP
+        gap = int(rng.uniform(*(SPARSE_GAP_S if sparse else (0.0, 2.5 if not first else 1.0))) * 100) * HOP
         first = False
         parts.append(np.zeros(gap))
         labels.append(np.zeros(gap // HOP, bool))
@@ -477,6 +521,10 @@ def speech_session(rng: np.random.Generator, pools: Pools, n: int) -> tuple[np.n
             x = pools.extra[rng.integers(len(pools.extra))]
         else:
             x = pools.speech[rng.integers(len(pools.speech))]
+        if sparse:
+            m = min(len(x), int(rng.uniform(*SPARSE_S) * SR))
+            a = int(rng.integers(0, len(x) - m + 1))
+            x = x[a : a + m] * np.minimum(1.0, np.minimum(np.arange(m), np.arange(m)[::-1]) / (0.02 * SR))
         if rng.random() < 0.7:
             x = vary_speed(rng, x, 0.9, 1.1)
         x = x[: len(x) // HOP * HOP] * 10 ** (rng.uniform(-6, 6) / 20)
@@ -501,7 +549,7 @@ def make_example(rng: np.random.Generator, pools: Pools, n: int, share: float, t
         if rng.random() < 0.05:
             x = x * 1e-4
     else:
-        x, lab = speech_session(rng, pools, n)
+        x, lab = speech_session(rng, pools, n, sparse=bool(pools.events) and rng.random() < pools.event_share)
         target = teacher_labels(x, lab) if teacher else lab
         if teacher and babble_share and rng.random() < babble_share:
             x = babble(rng, pools, x, lab)
@@ -527,10 +575,10 @@ def make_example(rng: np.random.Generator, pools: Pools, n: int, share: float, t
 def make_set(seed: int, count: int, speakers: list[str], part: str, fe: Frontend, share: float,
              unseen: tuple[str, ...], teacher: bool = False, extra_speech: bool = False,
              narrowband: bool = False, babble_share: float = 0.0,
-             quiet_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+             quiet_share: float = 0.0, event_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Features `(count, T, n_mels)` float32 and soft targets `(count, T)` for model frames."""
     rng = np.random.default_rng(seed)
-    pools = Pools(speakers, part, unseen, extra_speech)
+    pools = Pools(speakers, part, unseen, extra_speech, event_share)
     n = int(EXAMPLE_S * SR)
     step = fe.hop // HOP
     feats, targets = [], []
@@ -603,12 +651,39 @@ def check_export(model, path: Path, x, mean: np.ndarray, std: np.ndarray) -> Non
         raise AssertionError(f"numpy and torch VAD disagree by {err}")
 
 
+def isolated_speech(speakers: list[str], seed: int = 5) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(signal, reference) pairs: pieces of 0.3-0.8 s cut from the speakers' utterances (mostly speech), each alone
+    1 s into 3 s of faint noise, wideband and through 8 kHz; the reference is silero-vad's frames on the piece."""
+    from spkid import vadsilero
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for f in [f for s in speakers for f in bench.speaker_files(s)[:3]]:
+        x = bench.load(f)
+        for _ in range(3):
+            m = int(rng.uniform(0.3, 0.8) * SR)
+            a = int(rng.integers(0, len(x) - m))
+            w = x[a : a + m] * np.minimum(1.0, np.minimum(np.arange(m), np.arange(m)[::-1]) / (0.02 * SR))
+            if np.mean(bench.reference_labels(w)) <= 0.5:
+                continue
+            ref = np.zeros(3 * SR // HOP, bool)
+            p = vadsilero.speech_prob(w.astype(np.float32)) > vadsilero.THRESHOLD
+            ref[SR // HOP : SR // HOP + len(p)] = p
+            y = rng.standard_normal(3 * SR) * 3e-4
+            y[SR : SR + m] += w
+            out += [(y.astype(np.float32), ref), (resample_poly(resample_poly(y, 1, 2), 2, 1).astype(np.float32), ref)]
+    return out
+
+
 def dev_report(path: Path, dev_speakers: list[str], unseen: tuple[str, ...] = (),
-               dev_music: list[np.ndarray] = (), cfg=None) -> dict:
+               dev_music: list[np.ndarray] = (), cfg=None, dev_effects: list[bench.Clip] = (),
+               isolated: bool = False) -> dict:
     """Agreement per SNR and non-speech flagged on the dev speakers and dev ranges, with the exported numpy model.
 
     Music clips kept out of training (`unseen`) are scored whole, one figure each; `dev_music` excerpts (from
-    `--dev-music`) are summarised: mean and worst share flagged, and how many excerpts are over 5 %."""
+    `--dev-music`) and `dev_effects` (`--dev-effects`) are summarised: mean and worst share flagged, and how
+    many are over 5 %. `isolated`: the share of silero-vad's speech frames found in `isolated_speech`, wideband
+    and 8 kHz (words alone, which sound events must not teach a network to miss)."""
     from spkid import vad
 
     model = vad.VadModel(path)
@@ -627,11 +702,18 @@ def dev_report(path: Path, dev_speakers: list[str], unseen: tuple[str, ...] = ()
     for name, (kind, v) in flagged.items():
         if kind == "unseen":
             out[f"unseen:{name}"] = round(v, 4)
-    if len(dev_music):
-        dev, _, _ = bench.score_nonspeech(run, [bench.Clip(str(i), "dev", x) for i, x in enumerate(dev_music)])
-        share = np.array([v for _, v in dev.values()])
-        out.update({"dev_music_mean": round(float(share.mean()), 4), "dev_music_max": round(float(share.max()), 4),
-                    "dev_music_over_5%": f"{int(np.sum(share > 0.05))}/{len(share)}"})
+    for kind, dev_clips in (("music", [bench.Clip(str(i), "dev", x) for i, x in enumerate(dev_music)]),
+                            ("effects", list(dev_effects))):
+        if dev_clips:
+            share = np.array([v for _, v in bench.score_nonspeech(run, dev_clips)[0].values()])
+            out.update({f"dev_{kind}_mean": round(float(share.mean()), 4),
+                        f"dev_{kind}_max": round(float(share.max()), 4),
+                        f"dev_{kind}_over_5%": f"{int(np.sum(share > 0.05))}/{len(share)}"})
+    if isolated:
+        pairs = isolated_speech(dev_speakers)
+        for name, part in (("wideband", pairs[0::2]), ("8kHz", pairs[1::2])):
+            found = sum(np.sum(run(y) & ref) for y, ref in part)
+            out[f"isolated_recall_{name}"] = round(float(found / sum(ref.sum() for _, ref in part)), 4)
     return out
 
 
@@ -657,6 +739,20 @@ def main() -> None:
     ap.add_argument("--dev-music", nargs="*", type=Path, default=[Path(d) for d in DEBIAN_DEV_MUSIC], metavar="DIR",
                     help="folders of music never trained on, scored in the dev report (one excerpt a file, as "
                          "--extra-music takes them); default: hyperrogue's; none: --dev-music alone")
+    ap.add_argument("--extra-effects", nargs="*", type=Path, default=[Path(d) for d in DEBIAN_EFFECTS], metavar="DIR",
+                    help="with --teacher silero and --event-share: folders of sound effects for that share of the "
+                         "backgrounds, those silero-vad hears words in left out; default: the Debian game and "
+                         "desktop effects of the module's DEBIAN_EFFECTS; none: --extra-effects alone")
+    ap.add_argument("--dev-effects", nargs="*", type=Path, default=[Path(d) for d in bench.UNSEEN_EFFECTS],
+                    metavar="DIR", help="with --teacher silero: folders of sound effects never trained on, scored in "
+                                        "the dev report; default: bench/vad.py's effects never heard")
+    ap.add_argument("--skip-effects", nargs="*", default=list(VOICE_EFFECTS), metavar="GLOB",
+                    help="effects (file names) left out of training; default: %s, the cries of wesnoth's units, "
+                         "human voices that teach a network to miss short words" % " ".join(VOICE_EFFECTS))
+    ap.add_argument("--event-share", type=float, default=0.0,
+                    help="with --teacher silero: share of the backgrounds that are sound events coming and going, "
+                         "and of the speech examples that are pieces of speech alone (default 0: the shipped "
+                         "network has none; 0.15 is the README's trial)")
     ap.add_argument("--teacher", choices=("silero", "none"), default="silero",
                     help="soft targets for speech: the energy labels times silero-vad's probability on the dry "
                          "speech (needs `pip install silero-vad --no-deps` and onnxruntime); none: energy labels")
@@ -675,7 +771,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.examples < args.batch:
         ap.error(f"--examples ({args.examples}) must be at least --batch ({args.batch})")
-    for name in ("babble_share", "quiet_share"):
+    for name in ("babble_share", "quiet_share", "event_share"):
         if not 0 <= getattr(args, name) <= 1:
             ap.error(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
 
@@ -692,18 +788,29 @@ def main() -> None:
             vadsilero.model_path()
         except SpkidError as e:
             raise SystemExit(f"train_vad.py: --teacher silero: {e}") from None
-    train_music, dev_music = music_files(args.extra_music), music_files(args.dev_music)
+    train_music, dev_music = found_audio(args.extra_music), found_audio(args.dev_music)
+    teacher = args.teacher == "silero"
+    effects = args.extra_effects if teacher and args.event_share > 0 else []
+    dev_effects = args.dev_effects if teacher else []
+    for dirs in (effects, dev_effects):  # a missing package stops the run now, not after the data is made
+        found_audio(dirs, "effects")
     tag = (f"examples={args.examples} seed={args.seed} frontend={fe} share={args.nonspeech_share} unseen={unseen} "
            f"music={[str(d) for d in args.extra_music]} teacher={args.teacher} extra_speech={args.extra_speech} "
-           f"narrowband={args.narrowband} babble={args.babble_share} quiet={args.quiet_share}")
+           f"narrowband={args.narrowband} babble={args.babble_share} quiet={args.quiet_share} "
+           f"effects={[str(d) for d in effects]} skip={args.skip_effects} events={args.event_share}")
     if args.cache and args.cache.exists() and str(np.load(args.cache)["tag"]) == tag:
         with np.load(args.cache) as z:
             feats, targets = z["feats"], z["targets"]
     else:
         EXTRA_MUSIC[:] = load_music(train_music, args.seed)
+        EXTRA_EFFECTS[:] = [c.signal for c in bench.effect_clips(effects, EFFECT_S, tuple(args.skip_effects))]
+        if effects:
+            print(f"effects: {len(EXTRA_EFFECTS)} wordless clips, {sum(map(len, EXTRA_EFFECTS)) / SR:.0f} s",
+                  file=sys.stderr)
         half = args.examples // 2
-        jobs = [(args.seed * 1000 + i, c, train_spk, "train", fe, args.nonspeech_share, unseen,
-                 args.teacher == "silero", args.extra_speech, args.narrowband, args.babble_share, args.quiet_share)
+        jobs = [(args.seed * 1000 + i, c, train_spk, "train", fe, args.nonspeech_share, unseen, teacher,
+                 args.extra_speech, args.narrowband, args.babble_share, args.quiet_share,
+                 args.event_share if effects else 0.0)
                 for i, c in enumerate((half, args.examples - half))]
         # fork before torch is imported: the workers inherit this module (and bench's) as they are
         with multiprocessing.get_context("fork").Pool(2) as pool:
@@ -759,7 +866,8 @@ def main() -> None:
     }
     export(model, mean, std, fe, meta, args.output)
     check_export(model, args.output, x_all[:4], mean, std)
-    rep = dev_report(args.output, dev_spk, unseen, load_music(dev_music, args.seed + 1))
+    rep = dev_report(args.output, dev_spk, unseen, load_music(dev_music, args.seed + 1),
+                     dev_effects=bench.effect_clips(dev_effects) if dev_effects else [], isolated=teacher)
     print(json.dumps({"dev": rep, "seconds": round(time.time() - t0)}), file=sys.stderr)
 
 

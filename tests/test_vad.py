@@ -175,9 +175,9 @@ def test_accuracy_on_real_speech_in_noise_and_music(shared_data):
 
 
 def test_training_script_smoke(shared_data, tmp_path):
-    """scripts/train_vad.py end to end on a few examples: extra music from a folder (ogg and wav, stereo, 44.1 kHz),
-    the exported numpy model equal to torch's (checked inside the script), loadable by spkid, and a dev report;
-    then its refusals."""
+    """scripts/train_vad.py end to end on a few examples: extra music from a folder (ogg and wav, stereo, 44.1 kHz)
+    and, with the silero teacher, sound effects, the exported numpy model equal to torch's (checked inside the
+    script), loadable by spkid, and a dev report; then its refusals."""
     script = [sys.executable, REPO / "scripts" / "train_vad.py"]
     music = tmp_path / "music"
     music.mkdir()
@@ -185,13 +185,23 @@ def test_training_script_smoke(shared_data, tmp_path):
     tune = 0.3 * np.sin(2 * np.pi * 440 * t) * (np.sin(2 * np.pi * 2 * t) > 0)
     sf.write(music / "a.ogg", np.stack([tune, tune], axis=1), 44100)
     sf.write(music / "b.wav", tune[:30000], 44100)
+    effects = tmp_path / "effects"  # a knock and a rising whistle: sound events without words
+    effects.mkdir()
+    rng = np.random.default_rng(0)
+    sf.write(effects / "knock.wav", rng.standard_normal(8000) * np.exp(-np.arange(8000) / 400) * 0.3, 16000)
+    sf.write(effects / "whistle.ogg", 0.2 * np.sin(2 * np.pi * np.cumsum(np.linspace(900, 2400, 22050)) / 22050), 22050)
     out = tmp_path / "vad.npz"
     teacher = "silero" if importlib.util.find_spec("silero_vad") else "none"  # silero-vad: the [bench] extra
     proc = subprocess.run([*script, "--examples", "40", "--epochs", "1", "--extra-music", music, "--dev-music", music,
-                           "--teacher", teacher, "-o", out], capture_output=True, text=True)
+                           "--extra-effects", effects, "--dev-effects", effects, "--event-share", "0.5",
+                           "--teacher", teacher, "-o", out],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stderr.strip().splitlines()[-1])["dev"]
     assert report["dev_music_over_5%"].endswith("/2") and 0 <= report["agreement@10dB"] <= 1
+    if teacher == "silero":  # the effects are used with the teacher only (it picks those without words)
+        assert report["dev_effects_over_5%"].endswith("/2") and "effects: 2 wordless clips" in proc.stderr
+        assert 0 <= report["isolated_recall_wideband"] <= 1 and 0 <= report["isolated_recall_8kHz"] <= 1
     model = vad.VadModel(out)
     assert model.meta["args"]["extra_music"] == [str(music)] and model.meta["format"] == "spkid-vad/1"
     assert vad.speech_prob(np.zeros(16000, np.float32), SR, model).shape == (100,)
@@ -205,6 +215,12 @@ def test_training_script_smoke(shared_data, tmp_path):
     assert few.returncode == 2 and "--examples (8) must be at least --batch (32)" in few.stderr
     share = subprocess.run([*script, "--quiet-share", "1.5", "--extra-music", music], capture_output=True, text=True)
     assert share.returncode == 2 and "--quiet-share must be in [0, 1], got 1.5" in share.stderr
+    share = subprocess.run([*script, "--event-share", "-0.1", "--extra-music", music], capture_output=True, text=True)
+    assert share.returncode == 2 and "--event-share must be in [0, 1], got -0.1" in share.stderr
+    if teacher == "silero":
+        gone = subprocess.run([*script, "--extra-music", music, "--event-share", "0.1",
+                               "--extra-effects", tmp_path / "none"], capture_output=True, text=True)
+        assert gone.returncode == 1 and gone.stderr == f"train_vad.py: effects folder not found: {tmp_path / 'none'}\n"
 
 
 def test_real_labelled_recording_agrees_with_its_labels():
