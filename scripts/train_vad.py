@@ -505,6 +505,12 @@ def nonspeech(rng: np.random.Generator, pools: Pools, n: int) -> np.ndarray:
     return x
 
 
+def faded(x: np.ndarray) -> np.ndarray:
+    """x with 20 ms linear fades in and out (a piece cut from an utterance, without clicks at its ends)."""
+    m = len(x)
+    return x * np.minimum(1.0, np.minimum(np.arange(m), np.arange(m)[::-1]) / (0.02 * SR))
+
+
 def speech_session(rng: np.random.Generator, pools: Pools, n: int,
                    sparse: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Dry speech (utterances with random gaps), n samples, and its 10 ms reference labels. `sparse`: pieces of
@@ -524,7 +530,7 @@ def speech_session(rng: np.random.Generator, pools: Pools, n: int,
         if sparse:
             m = min(len(x), int(rng.uniform(*SPARSE_S) * SR))
             a = int(rng.integers(0, len(x) - m + 1))
-            x = x[a : a + m] * np.minimum(1.0, np.minimum(np.arange(m), np.arange(m)[::-1]) / (0.02 * SR))
+            x = faded(x[a : a + m])
         if rng.random() < 0.7:
             x = vary_speed(rng, x, 0.9, 1.1)
         x = x[: len(x) // HOP * HOP] * 10 ** (rng.uniform(-6, 6) / 20)
@@ -663,7 +669,7 @@ def isolated_speech(speakers: list[str], seed: int = 5) -> list[tuple[np.ndarray
         for _ in range(3):
             m = int(rng.uniform(0.3, 0.8) * SR)
             a = int(rng.integers(0, len(x) - m))
-            w = x[a : a + m] * np.minimum(1.0, np.minimum(np.arange(m), np.arange(m)[::-1]) / (0.02 * SR))
+            w = faded(x[a : a + m])
             if np.mean(bench.reference_labels(w)) <= 0.5:
                 continue
             ref = np.zeros(3 * SR // HOP, bool)
