@@ -753,7 +753,8 @@ def main() -> None:
                     metavar="DIR", help="with --teacher silero: folders of sound effects never trained on, scored in "
                                         "the dev report; default: bench/vad.py's effects never heard")
     ap.add_argument("--skip-effects", nargs="*", default=list(VOICE_EFFECTS), metavar="GLOB",
-                    help="effects (file names) left out of training; default: %s, the cries of wesnoth's units, "
+                    help="with --event-share: effects (file names) left out of training; default: %s, the cries "
+                         "of wesnoth's units, "
                          "human voices that teach a network to miss short words" % " ".join(VOICE_EFFECTS))
     ap.add_argument("--event-share", type=float, default=0.0,
                     help="with --teacher silero: share of the backgrounds that are sound events coming and going, "
@@ -763,9 +764,9 @@ def main() -> None:
                     help="soft targets for speech: the energy labels times silero-vad's probability on the dry "
                          "speech (needs `pip install silero-vad --no-deps` and onnxruntime); none: energy labels")
     ap.add_argument("--extra-speech", action=argparse.BooleanOptionalAction, default=True,
-                    help=f"take {EXTRA_SPEECH_SHARE:.0%} of the utterances from ../shared/data/extra_speakers")
+                    help=f"take {EXTRA_SPEECH_SHARE:.0%}% of the utterances from ../shared/data/extra_speakers")
     ap.add_argument("--narrowband", action=argparse.BooleanOptionalAction, default=True,
-                    help=f"pass {NARROWBAND_SHARE:.0%} of the examples through 8 kHz (telephone audio) and compute "
+                    help=f"pass {NARROWBAND_SHARE:.0%}% of the examples through 8 kHz (telephone audio) and compute "
                          "features as spkid.vad does, with the empty band filled")
     ap.add_argument("--babble-share", type=float, default=0.2,
                     help="with --teacher silero: share of the speech examples with 1-3 other talkers %g-%g dB "
@@ -809,8 +810,8 @@ def main() -> None:
             feats, targets = z["feats"], z["targets"]
     else:
         EXTRA_MUSIC[:] = load_music(train_music, args.seed)
-        EXTRA_EFFECTS[:] = [c.signal for c in bench.effect_clips(effects, EFFECT_S, tuple(args.skip_effects))]
         if effects:
+            EXTRA_EFFECTS[:] = [c.signal for c in bench.effect_clips(effects, EFFECT_S, tuple(args.skip_effects))]
             print(f"effects: {len(EXTRA_EFFECTS)} wordless clips, {sum(map(len, EXTRA_EFFECTS)) / SR:.0f} s",
                   file=sys.stderr)
         half = args.examples // 2

@@ -223,6 +223,13 @@ def test_training_script_smoke(shared_data, tmp_path):
         assert gone.returncode == 1 and gone.stderr == f"train_vad.py: effects folder not found: {tmp_path / 'none'}\n"
 
 
+def test_training_script_help():
+    """`scripts/train_vad.py --help` prints every option (a bare % in a help text once made argparse fail here)."""
+    proc = subprocess.run([sys.executable, REPO / "scripts" / "train_vad.py", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert "--event-share" in proc.stdout and "take 25% of the utterances" in proc.stdout
+
+
 def test_real_labelled_recording_agrees_with_its_labels():
     """The pyannote sample (tests/data, MIT): a real two-speaker recording with human turns. At the default
     settings `spkid vad --segments` must match the labels outside a 100 ms collar (bench/vad.py's real section)."""
