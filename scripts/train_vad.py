@@ -1,11 +1,15 @@
-"""Train the VAD network shipped as spkid/data/vad.npz (torch here only; inference in spkid/vad.py is numpy).
+"""Train the VAD networks shipped together as spkid/data/vad.npz (torch here only; inference in spkid/vad.py is numpy).
 
     apt-get install wesnoth-1.16-music warzone2100-music singularity-music asc-music planetblupi-music-ogg \
                     hyperrogue-music                       # Debian: 10 h of game music (GPL, no singing)
     apt-get install wesnoth-1.16-data supertux-data colobot-common-sounds extremetuxracer-data frozen-bubble-data \
                     chromium-bsu-data pingus-data sound-theme-freedesktop btanks-data lincity-ng-data  # sound effects
     pip install silero-vad --no-deps             # the teacher's weights, run through onnxruntime (no torch)
-    python scripts/train_vad.py                  # seeded; ~11 min on 2 cores (2 data processes, 1 torch thread)
+    # seeded; ~8 min a network on 2 cores (2 data processes, 1 torch thread); the shipped model is their mean:
+    python scripts/train_vad.py -o /tmp/vad_words.npz                    # no sound events
+    python scripts/train_vad.py --event-share 0.5 -o /tmp/vad_events0.npz
+    python scripts/train_vad.py --event-share 0.5 --seed 1 -o /tmp/vad_events1.npz
+    python scripts/train_vad.py --combine /tmp/vad_words.npz /tmp/vad_events0.npz /tmp/vad_events1.npz
     python scripts/train_vad.py --examples 400 --epochs 1 --extra-music --dev-music -o /tmp/vad.npz  # smoke run
     python scripts/train_vad.py --teacher none --no-extra-speech --no-narrowband --examples 12000 \
         --nonspeech-weight 1 -o spkid/data/vad_embed.npz   # the previous network, which `embed` keeps using
@@ -33,8 +37,9 @@ Data split (see bench/vad.py for the benchmark side; nothing the benchmark score
   effects (`--extra-effects`, the Debian game and desktop effects above but btanks' and lincity-ng's) at random
   times over a faint bed (`event_track`), and as many speech examples are pieces of speech alone (`sparse`).
   Effects in which silero-vad hears words (spoken lines, `bench.wordless`) and wesnoth's units' cries
-  (`--skip-effects`) are left out. It halves the never-heard effects flagged, but every network trained so missed
-  more of the words said alone (see the README's VAD section), so the shipped network has none.
+  (`--skip-effects`) are left out. Networks trained so flag fewer of the never-heard effects; the network
+  trained without them hears music and words alone best; `--combine` puts them together (the README's VAD
+  section has the trials).
 - the dev report also scores btanks' and lincity-ng's effects (`--dev-effects`, bench/vad.py's effects never
   heard, never trained on) and, with the teacher, words alone (`isolated_speech`).
 - speech also from ../shared/data/extra_speakers (a quarter of the utterances; other languages, children, command
@@ -70,6 +75,7 @@ import numpy as np
 from scipy.signal import fftconvolve, lfilter, resample_poly
 
 REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "spkid" / "data" / "vad.npz"
 _spec = importlib.util.spec_from_file_location("bench_vad", REPO / "bench" / "vad.py")
 bench = importlib.util.module_from_spec(_spec)
 sys.modules["bench_vad"] = bench
@@ -723,9 +729,38 @@ def dev_report(path: Path, dev_speakers: list[str], unseen: tuple[str, ...] = ()
     return out
 
 
+def combine(paths: list[Path], weights: list[float], out: Path) -> None:
+    """One `spkid-vad/2` file from trained networks on the same front end: spkid.vad averages their
+    probabilities with `weights` (normalised to sum 1); each network's arrays are kept under `m<i>.`."""
+    arrays, members = {}, []
+    for i, path in enumerate(paths):
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("format") != "spkid-vad/1":
+                raise SystemExit(f"train_vad.py: {path}: not one network (format {meta.get('format')})")
+            if members and meta["frontend"] != members[0]["frontend"]:
+                raise SystemExit(f"train_vad.py: {path}: its front end differs from {paths[0]}'s")
+            arrays.update({f"m{i}.{k}": z[k] for k in z.files if k != "meta"})
+        members.append(dict(meta, file=path.name))
+    total = sum(weights)
+    meta = {"format": "spkid-vad/2", "trained_by": "scripts/train_vad.py --combine",
+            "weights": [w / total for w in weights], "frontend": members[0]["frontend"], "members": members}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.npz")
+    np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **arrays)
+    os.replace(tmp, out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-o", "--output", type=Path, default=REPO / "spkid" / "data" / "vad.npz")
+    ap.add_argument("-o", "--output", type=Path,
+                    help="the trained network's .npz (required when training); with --combine, default: %s"
+                         % SHIPPED.relative_to(REPO))
+    ap.add_argument("--combine", nargs="+", type=Path, metavar="NPZ",
+                    help="instead of training: put these trained networks (same front end) into one model whose "
+                         "probability is their weighted mean (--weights), and print its dev report")
+    ap.add_argument("--weights", nargs="+", type=float, metavar="W",
+                    help="with --combine: one weight per network (default: equal)")
     ap.add_argument("--examples", type=int, default=16000, help="6 s training examples to synthesise")
     ap.add_argument("--epochs", type=int, default=16)
     ap.add_argument("--channels", type=int, default=40)
@@ -776,6 +811,17 @@ def main() -> None:
                          "targets times silero-vad's probability on what is played" % QUIET_DB)
     ap.add_argument("--cache", type=Path, help="keep the synthesised features in this .npz and reuse them")
     args = ap.parse_args()
+    if args.combine:
+        args.weights = args.weights or [1.0] * len(args.combine)
+        if len(args.weights) != len(args.combine) or min(args.weights) <= 0:
+            ap.error(f"--weights: one positive weight per --combine file ({len(args.combine)}), got {args.weights}")
+        for path in args.combine:
+            if not path.is_file():
+                ap.error(f"--combine: {path} not found")
+        args.output = args.output or SHIPPED
+        combine(args.combine, args.weights, args.output)
+    elif args.output is None:
+        ap.error("-o/--output is required when training (the shipped model is three networks put together: see --combine)")
     if args.examples < args.batch:
         ap.error(f"--examples ({args.examples}) must be at least --batch ({args.batch})")
     for name in ("babble_share", "quiet_share", "event_share"):
@@ -801,6 +847,14 @@ def main() -> None:
     dev_effects = args.dev_effects if teacher else []
     for dirs in (effects, dev_effects):  # a missing package stops the run now, not after the data is made
         found_audio(dirs, "effects")
+
+    def report() -> None:
+        rep = dev_report(args.output, dev_spk, unseen, load_music(dev_music, args.seed + 1),
+                         dev_effects=bench.effect_clips(dev_effects) if dev_effects else [], isolated=teacher)
+        print(json.dumps({"dev": rep, "seconds": round(time.time() - t0)}), file=sys.stderr)
+
+    if args.combine:
+        return report()
     tag = (f"examples={args.examples} seed={args.seed} frontend={fe} share={args.nonspeech_share} unseen={unseen} "
            f"music={[str(d) for d in args.extra_music]} teacher={args.teacher} extra_speech={args.extra_speech} "
            f"narrowband={args.narrowband} babble={args.babble_share} quiet={args.quiet_share} "
@@ -873,9 +927,7 @@ def main() -> None:
     }
     export(model, mean, std, fe, meta, args.output)
     check_export(model, args.output, x_all[:4], mean, std)
-    rep = dev_report(args.output, dev_spk, unseen, load_music(dev_music, args.seed + 1),
-                     dev_effects=bench.effect_clips(dev_effects) if dev_effects else [], isolated=teacher)
-    print(json.dumps({"dev": rep, "seconds": round(time.time() - t0)}), file=sys.stderr)
+    report()
 
 
 if __name__ == "__main__":

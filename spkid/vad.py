@@ -1,17 +1,19 @@
-"""Voice activity detection: a small temporal-convolution network over log-Mel frames, numpy only at inference.
+"""Voice activity detection: small temporal-convolution networks over log-Mel frames, numpy only at inference.
 
-The shipped model (`spkid/data/vad.npz`, trained by `scripts/train_vad.py`) is a 3-tap convolution followed by
-six residual 3-tap convolutions dilated 1, 2, 4, ..., 32 frames: 2.6 s of context, which is what lets it tell
-speech from music and sound effects (syllable-rate modulation, formant motion, pitch that glides rather than
-holding and jumping). Front end: 32 ms Hann windows every 20 ms, 512-point FFT, 32 log-Mel bands plus the log
-power of the 40 FFT bins from 62 to 1280 Hz (resolved voice harmonics). The network gives one probability per
-20 ms, repeated to the 10 ms grid that `speech_prob` returns; `segments` smooths, applies hysteresis and
-minimum durations, and pads. It is trained on energy labels of clean speech times silero-vad's probabilities on
-it, so pauses between phrases, breaths and lip noise are not speech, as people label them; the defaults keep
-segment edges where people put them (little padding, pauses from 0.1 s kept). `embed` trims with its own,
-more generous settings and its own network (`EMBED_MODEL_PATH`).
+The shipped model (`spkid/data/vad.npz`, made by `scripts/train_vad.py`) is the mean of three networks of one
+shape on one front end: one trained without sound events (it hears music and short words said alone best), two
+trained with sound events coming and going (seeds 0 and 1; they reject laughs, engines and animals best). Each is
+a 3-tap convolution followed by six residual 3-tap convolutions dilated 1, 2, 4, ..., 32 frames: 2.6 s of
+context, which is what lets it tell speech from music and sound effects (syllable-rate modulation, formant
+motion, pitch that glides rather than holding and jumping). Front end: 32 ms Hann windows every 20 ms, 512-point
+FFT, 32 log-Mel bands plus the log power of the 40 FFT bins from 62 to 1280 Hz (resolved voice harmonics). The
+model gives one probability per 20 ms, repeated to the 10 ms grid that `speech_prob` returns; `segments`
+smooths, applies hysteresis and minimum durations, and pads. The networks are trained on energy labels of clean
+speech times silero-vad's probabilities on it, so pauses between phrases, breaths and lip noise are not speech,
+as people label them; the defaults keep segment edges where people put them (little padding, pauses from 0.1 s
+kept). `embed` trims with its own, more generous settings and its own network (`EMBED_MODEL_PATH`).
 
-The front end, and the noise fill that lets the network hear band-limited (8 kHz) speech, are `spkid.vadfront`'s.
+The front end, and the noise fill that lets the networks hear band-limited (8 kHz) speech, are `spkid.vadfront`'s.
 
     >>> from spkid import vad
     >>> p = vad.speech_prob(x, 16000)              # (len(x) // 160,) float32 in [0, 1], one per 10 ms
@@ -84,8 +86,34 @@ class VadConfig:
                 raise SpkidError(f"vad: {name} must be >= 0, got {getattr(self, name)}")
 
 
+class _Net:
+    """One network of a model file: input normalisation, BatchNorm-folded convolutions and the head (keys under
+    `prefix`)."""
+
+    def __init__(self, w: dict[str, np.ndarray], dilations: list[int], prefix: str = "") -> None:
+        self.mean, self.scale = w[prefix + "mean"], 1.0 / w[prefix + "std"]
+        self.layers = [(w[prefix + "conv0.w"], w[prefix + "conv0.b"], 1)]
+        for i, d in enumerate(dilations):
+            self.layers.append((w[f"{prefix}block{i}.w"], w[f"{prefix}block{i}.b"], int(d)))
+        self.head_w, self.head_b = w[prefix + "head.w"], w[prefix + "head.b"]
+
+    @property
+    def context(self) -> int:
+        return sum(d * (w.shape[0] // 2) for w, _, d in self.layers)
+
+    def __call__(self, feats: np.ndarray) -> np.ndarray:
+        (w0, b0, _), blocks = self.layers[0], self.layers[1:]
+        h = np.maximum(_conv((feats - self.mean) * self.scale, w0, b0, 1), 0.0)
+        for w, b, d in blocks:
+            h += np.maximum(_conv(h, w, b, d), 0.0)
+        logit = (h @ self.head_w)[:, 0] + self.head_b[0]
+        return 1.0 / (1.0 + np.exp(-np.clip(logit, -30, 30)))
+
+
 class VadModel:
-    """The numpy network: weights and front-end settings from a `.npz` written by scripts/train_vad.py."""
+    """The numpy detector: front-end settings and one network (format `spkid-vad/1`), or several networks on the
+    same front end whose probabilities are averaged with fixed weights (`spkid-vad/2`, `scripts/train_vad.py
+    --combine`; the members' own metadata under `meta["members"]`), from a `.npz` written by scripts/train_vad.py."""
 
     def __init__(self, path: str | Path = MODEL_PATH) -> None:
         try:
@@ -99,11 +127,12 @@ class VadModel:
         self.hop = self.frontend.hop
         if self.hop % FRAME_SHIFT:
             raise SpkidError(f"{path}: model hop {self.hop} is not a multiple of {FRAME_SHIFT} samples")
-        self.mean, self.scale = w["mean"], 1.0 / w["std"]
-        self.layers = [(w["conv0.w"], w["conv0.b"], 1)]
-        for i, d in enumerate(self.meta["dilations"]):
-            self.layers.append((w[f"block{i}.w"], w[f"block{i}.b"], int(d)))
-        self.head_w, self.head_b = w["head.w"], w["head.b"]
+        if self.meta["format"] == "spkid-vad/2":
+            members = self.meta["members"]
+            self.nets = [_Net(w, m["dilations"], f"m{i}.") for i, m in enumerate(members)]
+            self.weights = [float(v) for v in self.meta["weights"]]
+        else:
+            self.nets, self.weights = [_Net(w, self.meta["dilations"])], [1.0]
 
     def features(self, x: np.ndarray) -> np.ndarray:
         """Front-end features `(ceil(len / hop), n_mels + n_lin)` float32 (see `Frontend`)."""
@@ -112,7 +141,7 @@ class VadModel:
     @property
     def context(self) -> int:
         """Model frames on each side that one output frame depends on (the receptive field's half-width)."""
-        return sum(d * (w.shape[0] // 2) for w, _, d in self.layers)
+        return max(net.context for net in self.nets)
 
     def prob(self, x: np.ndarray, block: int = BLOCK_FRAMES, fill: bool = True) -> np.ndarray:
         """Speech probability per model frame `(ceil(len / hop),)` of a float32 signal, computed over blocks of
@@ -136,13 +165,9 @@ class VadModel:
         return band_fill(power, self.frontend.n_fft)
 
     def forward(self, feats: np.ndarray) -> np.ndarray:
-        """Front-end features `(T, n_mels + n_lin)` -> `(T,)` speech probability per model frame."""
-        (w0, b0, _), blocks = self.layers[0], self.layers[1:]
-        h = np.maximum(_conv((feats - self.mean) * self.scale, w0, b0, 1), 0.0)
-        for w, b, d in blocks:
-            h += np.maximum(_conv(h, w, b, d), 0.0)
-        logit = (h @ self.head_w)[:, 0] + self.head_b[0]
-        return 1.0 / (1.0 + np.exp(-np.clip(logit, -30, 30)))
+        """Front-end features `(T, n_mels + n_lin)` -> `(T,)` speech probability per model frame (the weighted mean
+        of the networks' probabilities)."""
+        return sum(wt * net(feats) for wt, net in zip(self.weights, self.nets))
 
 
 def _conv(h: np.ndarray, w: np.ndarray, b: np.ndarray, d: int) -> np.ndarray:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -132,7 +133,9 @@ def test_prob_shapes_and_silence():
 def test_shipped_model_is_small_and_described():
     assert vad.MODEL_PATH.stat().st_size < 1_000_000
     m = vad.load_model()
-    assert m.meta["format"] == "spkid-vad/1" and m.meta["frontend"]["hop"] % 160 == 0
+    assert m.meta["format"] == "spkid-vad/2" and m.meta["frontend"]["hop"] % 160 == 0
+    # the network trained without sound events and two trained with them (README, "VAD model")
+    assert [net["args"].get("event_share", 0) for net in m.meta["members"]] == [0, 0.5, 0.5] and len(m.nets) == 3
 
 
 def test_no_torch_on_the_path():
@@ -205,7 +208,9 @@ def test_training_script_smoke(shared_data, tmp_path):
     model = vad.VadModel(out)
     assert model.meta["args"]["extra_music"] == [str(music)] and model.meta["format"] == "spkid-vad/1"
     assert vad.speech_prob(np.zeros(16000, np.float32), SR, model).shape == (100,)
-    script = [*script, "--teacher", teacher]
+    no_output = subprocess.run([*script, "--teacher", teacher], capture_output=True, text=True)
+    assert no_output.returncode == 2 and "-o/--output is required when training" in no_output.stderr
+    script = [*script, "--teacher", teacher, "-o", tmp_path / "never.npz"]
     missing = subprocess.run([*script, "--extra-music", tmp_path / "none"], capture_output=True, text=True)
     assert missing.returncode == 1 and missing.stderr == f"train_vad.py: music folder not found: {tmp_path / 'none'}\n"
     (tmp_path / "empty").mkdir()
@@ -228,6 +233,45 @@ def test_training_script_help():
     proc = subprocess.run([sys.executable, REPO / "scripts" / "train_vad.py", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert "--event-share" in proc.stdout and "take 25% of the utterances" in proc.stdout
+
+
+def _train_vad():
+    spec = importlib.util.spec_from_file_location("train_vad_for_tests", REPO / "scripts" / "train_vad.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _one_network(path, out, **meta_changes):
+    """A copy of a one-network model file with its head's bias moved by 1 (another network) and `meta_changes`."""
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files if k != "meta"}
+        meta = json.loads(str(z["meta"]))
+    arrays["head.b"] = arrays["head.b"] + 1.0
+    np.savez(out, meta=np.array(json.dumps(dict(meta, **meta_changes))), **arrays)
+    return out
+
+
+def test_combined_networks_average_their_probabilities(tmp_path):
+    """`scripts/train_vad.py --combine`: one model file whose probability is the weighted mean of its networks' on
+    real speech, each network's metadata kept, the shipped model's form; a file that is not one network, or one on
+    another front end, is refused in one line and nothing is written."""
+    tv = _train_vad()
+    a, b = vad.EMBED_MODEL_PATH, _one_network(vad.EMBED_MODEL_PATH, tmp_path / "b.npz")
+    out = tmp_path / "both.npz"
+    tv.combine([a, b], [3.0, 1.0], out)
+    x, _ = sf.read(REPO / "tests" / "data" / "pyannote_sample.flac", dtype="float32")
+    pa, pb = (vad.speech_prob(x, SR, vad.VadModel(p)) for p in (a, b))
+    both = vad.VadModel(out)
+    assert not np.allclose(pa, pb, atol=0.05)
+    np.testing.assert_allclose(vad.speech_prob(x, SR, both), 0.75 * pa + 0.25 * pb, atol=1e-5)
+    assert both.meta["format"] == "spkid-vad/2" and both.meta["weights"] == [0.75, 0.25]
+    assert [m["file"] for m in both.meta["members"]] == [a.name, "b.npz"]
+    other = _one_network(a, tmp_path / "other.npz", frontend=dict(both.meta["frontend"], n_mels=40))
+    for bad, why in ((out, "not one network (format spkid-vad/2)"), (other, "its front end differs from")):
+        with pytest.raises(SystemExit, match=re.escape(f"train_vad.py: {bad}: {why}")):
+            tv.combine([a, bad], [1.0, 1.0], tmp_path / "never.npz")
+    assert not (tmp_path / "never.npz").exists() and not list(tmp_path.glob("*.tmp.npz"))
 
 
 def test_real_labelled_recording_agrees_with_its_labels():
