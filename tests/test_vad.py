@@ -1,6 +1,7 @@
 """spkid.vad: windows and spans (against brute force), post-processing known answers, input checks, the shipped
-model on real speech with noise and on held-out music, on a real recording with human labels (tests/data), the
-silero engine, no torch on the path, and the training script."""
+model on real speech with noise and on held-out music, on music and sound effects never heard (where installed), on
+a real recording with human labels (tests/data), the silero engine, no torch on the path, and the training script
+(networks put together by --combine included)."""
 
 from __future__ import annotations
 
@@ -175,6 +176,26 @@ def test_accuracy_on_real_speech_in_noise_and_music(shared_data):
     flagged = {c.name: np.mean(bench.frames_from_segments(vad.segments(c.signal, SR), len(c.signal) // 160))
                for c in clips}
     assert max(flagged.values()) <= 0.05, flagged  # the goal, on every held-out clip (music never heard included)
+
+
+def test_never_heard_music_and_sound_effects():
+    """bench/vad.py's music and sound effects never heard (Debian hyperrogue-music, btanks-data and lincity-ng-data,
+    never trained on; the effects chosen with silero-vad): no music track over 5 %, and at most 12 of the 189
+    effects (the shipped mean of three networks: 9; the words network alone: 24). The goal, none over 5 %, is
+    not met yet (README, "VAD model"); this holds what is."""
+    bench = _bench()
+    if not importlib.util.find_spec("silero_vad"):
+        pytest.skip("silero-vad is not installed (the bench extra): it chooses the wordless effects")
+    music, effects = bench.unseen_music(), bench.unseen_effects()
+    if len(music) != 17 or len(effects) != 189:
+        pytest.skip("needs the Debian packages hyperrogue-music, btanks-data and lincity-ng-data (README, VAD model)")
+
+    def flagged(c):
+        return np.mean(bench.frames_from_segments(vad.segments(c.signal, SR), len(c.signal) // 160))
+
+    assert max(map(flagged, music)) <= 0.05
+    over = [c.name for c in effects if flagged(c) > 0.05]
+    assert len(over) <= 12, over
 
 
 def test_training_script_smoke(shared_data, tmp_path):
