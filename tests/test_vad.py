@@ -293,6 +293,13 @@ def test_combined_networks_average_their_probabilities(tmp_path):
         with pytest.raises(SystemExit, match=re.escape(f"train_vad.py: {bad}: {why}")):
             tv.combine([a, bad], [1.0, 1.0], tmp_path / "never.npz")
     assert not (tmp_path / "never.npz").exists() and not list(tmp_path.glob("*.tmp.npz"))
+    script = [sys.executable, REPO / "scripts" / "train_vad.py", "-o", tmp_path / "never.npz", "--combine"]
+    for args, why in (([a, b, "--weights", "1"], "--weights: one positive weight per --combine file (2), got [1.0]"),
+                      ([a, b, "--weights", "1", "0"], "--weights: one positive weight per --combine file (2)"),
+                      ([a, tmp_path / "gone.npz"], f"--combine: {tmp_path / 'gone.npz'} not found")):
+        proc = subprocess.run([*script, *args], capture_output=True, text=True)
+        assert proc.returncode == 2 and f"train_vad.py: error: {why}" in proc.stderr, proc.stderr
+    assert not (tmp_path / "never.npz").exists()
 
 
 def test_real_labelled_recording_agrees_with_its_labels():
