@@ -93,7 +93,7 @@ def vad(
       --trim -d DIR voiced segments joined, written under DIR (atomically, layout kept); prints the new list
     A file with no voice gets [0, 0] and a warning (with --trim it is left out of the list). Rows of items
     skipped by --skip-bad are [0, 0] too, so row i stays entry i. Stereo or non-16 kHz audio is refused:
-    run `spkid convert` first. The detector is two small numpy networks that tell speech from noise, music and
+    run `spkid convert` first. The detector is three small numpy networks that tell speech from noise, music and
     sound events (spkid/data/vad.npz); it never imports torch. The defaults put segment edges where people label them (pauses
     from 0.1 s kept apart, 0.05 s padding); `embed` trims more generously on its own. --engine silero takes the
     probabilities from silero-vad instead (its weights, through onnxruntime: `pip install silero-vad --no-deps`).
