@@ -131,6 +131,28 @@ def test_condition_trials_degrade_the_probe_only():
     assert rows[f"probe: {cond}"].sum() == 6 and rows["all corpora (pooled)"].sum() == 12
 
 
+def test_the_word_cut_degrades_both_sides_of_the_one_word_corpora_only():
+    """The digits analogue: speech_commands' trials again with both files replaced by their cut copies; the read
+    corpus gets none, and the table names its reference and the condition."""
+    it = devsuite.Item
+    cond = next(c.name for c in devsuite.CONDITIONS.values() if c.both)
+    assert devsuite.CONDITIONS[cond].corpora == devsuite.WORD_CORPORA
+    items = [it(f"clean/{c}/{s}/{u}", f"/{c}/{s}/{u}.flac", c, f"{c}:{s}", "clean")
+             for c in ("librispeech_tc100", "speech_commands") for s in "ab" for u in "12"]
+    items += [it(f"{cond}/speech_commands/{s}/{u}", f"/x/{s}/{u}.flac", "speech_commands", f"speech_commands:{s}", cond)
+              for s in "ab" for u in "12"]
+    tr = devsuite.build_trials(items, 1000)
+    clean, cut = tr.group == "speech_commands|clean", tr.group == f"speech_commands|{cond}"
+    assert clean.sum() == cut.sum() == 6 and len(tr.a) == 18 and np.array_equal(tr.target[clean], tr.target[cut])
+    for side in (tr.a, tr.b):
+        assert all(items[n].condition == cond and items[n].key.split("/", 1)[1] == items[m].key.split("/", 1)[1]
+                   for n, m in zip(side[cut], side[clean]))
+    rows = dict(devsuite.parts(items, tr, np.ones(len(items))))
+    assert rows[f"both sides: {cond}"].sum() == 6
+    reference = [n for n in rows if n.startswith("clean (speech_commands")]
+    assert len(reference) == 1 and np.array_equal(rows[reference[0]], clean)
+
+
 def test_weighted_eer_matches_spkid_metrics_and_replicated_trials():
     rng = np.random.default_rng(0)
     s = np.round(np.r_[rng.normal(1, 1, 60), rng.normal(-1, 1, 300)], 1)  # rounded: ties between classes
@@ -205,6 +227,23 @@ def test_conditions_degrade_real_speech(tmp_path):
     assert sf.read(again)[0].tobytes() == sf.read(out)[0].tobytes()  # sox -R: the same dither every run
     by_name["telephone GSM 8 kHz"].make(src, out, rng)
     assert sf.info(str(out)).samplerate == 8000
+
+
+def test_word_cut_keeps_the_loudest_word_at_8_khz(tmp_path):
+    """A word between two long silences: the cut is 0.4 s at 8 kHz, taken from the word, not from the silence."""
+    from scipy.signal import resample_poly
+
+    x, sr = sf.read(str(clip_files("enroll")[0]), dtype="float64")
+    word = x[sr : sr + int(0.6 * sr)]
+    src = tmp_path / "word.flac"
+    sf.write(src, np.r_[np.zeros(2 * sr), word, np.zeros(2 * sr)], sr)
+    out = tmp_path / "o.flac"
+    cond = next(c for c in devsuite.available_conditions([]) if c.both)
+    cond.make(str(src), out, np.random.default_rng(0))
+    y, rate = sf.read(out, dtype="float64")
+    assert rate == 8000 and len(y) == int(devsuite.WORD_CUT_S * 8000)
+    speech = resample_poly(word, 1, 2)
+    assert np.sqrt(np.mean(y**2)) > 0.5 * np.sqrt(np.mean(speech**2))  # voice, not the silence around it
 
 
 def test_noise_condition_uses_held_out_noise_at_5_db(tmp_path):
