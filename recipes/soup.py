@@ -21,10 +21,15 @@ A fusion (`--fusion`, `spkid.models.fusion`): whole models side by side, each on
 centres member I (0-based; repeatable): its unit embeddings of LIST's audio are averaged per corpus (the label's
 prefix before ':', as recipes/devsplit.py writes them), and the mean of those means, stored in the model's config,
 is taken out of each of that member's utterance embeddings (`spkid.utterance.fusion_centers`); fit it on training
-speakers. `--int8` stores the large weights as int8 (`spkid.modelfile.quantize`), about a quarter of the bytes.
+speakers. `--local-center I --fit LIST` then centres member I locally (`spkid.utterance.LocalCenter`): its unit
+(centred) embeddings of LIST's audio are averaged per speaker (the label), and each utterance embedding loses
+`--local-weight` times the mean of its `--local-top-n` nearest speaker means, stored (int8) in the model's
+config. One MODEL=1 that is already a fusion is taken as it is (its configuration and training record kept), so
+a fusion can be centred again without its members. `--int8` stores the large weights as int8
+(`spkid.modelfile.quantize`), about a quarter of the bytes.
 
     python recipes/soup.py [--ensemble [--dim N --fit LIST] | --fusion [--long-weights W,W --short-s S --long-s S]
-                           [--center I ... --fit LIST]] [--int8] OUT.pt MODEL=WEIGHT [MODEL=WEIGHT ...]
+                           [--center I ...] [--local-center I ...] [--fit LIST]] [--int8] OUT.pt MODEL=WEIGHT ...
 
 MODEL is a spkid model file, `resemblyzer` (the pretrained encoder) or a published model folder of another toolkit
 (`spkid.importers`); the weights must be positive and sum to 1.
@@ -80,6 +85,9 @@ def cook(ingredients: list[tuple[str, float]], ensemble: bool = False, fusion: d
         raise SpkidError(f"the weights sum to {total:g}, not 1")
     parts = [(m, w, *read(m)) for m, w in ingredients]
     _, _, first, state0, _ = parts[0]
+    if len(parts) == 1 and first.model["name"] == "fusion" and fusion is None and not ensemble:
+        return ModelSpec(model=first.model, features=first.features, embedding=first.embedding,
+                         training=first.training), state0
     for m, _, spec, state, _ in parts[1:] if fusion is None else []:
         for what in ("features", "embedding") if ensemble else ("model", "features", "embedding"):
             if getattr(spec, what) != getattr(first, what):
@@ -185,6 +193,39 @@ def center(spec, state, members: list[int], fit: Path, out: Path):
     return spec
 
 
+def local_center(spec, state, members: list[int], fit: Path, out: Path, top_n: int, weight: float):
+    """The fusion `spec` with `members` centred locally on the per-speaker means of their unit embeddings of the
+    audio files listed in `fit` (module docstring)."""
+    import numpy as np
+
+    from spkid import streams
+    from spkid.errors import SpkidError
+    from spkid.models import build_model
+    from spkid.utterance import LocalCenter
+
+    kwargs = spec.model["kwargs"]
+    dims = [int(build_model(m["model"]["name"], **m["model"].get("kwargs", {})).embed_dim) for m in kwargs["members"]]
+    if bad := [i for i in members if not 0 <= i < len(dims)]:
+        raise SpkidError(f"--local-center {bad[0]}: the fusion has members 0 to {len(dims) - 1}")
+    entries = streams.read_list([str(fit)])
+    labels = np.array([e.label or "" for e in entries])
+    if len(set(labels) - {""}) < top_n or "" in labels:
+        raise SpkidError(f"--fit {fit}: local centring needs a speaker label on every line and at least "
+                         f"{top_n} speakers (--local-top-n)")
+    kwargs.pop("local_centers", None)  # fitted on the embeddings before any local centring
+    emb = embed_list(spec, state, [e.path for e in entries], out).astype(np.float64)
+    local: list = [None] * len(dims)
+    for i in sorted(set(members)):
+        part = emb[:, sum(dims[:i]) : sum(dims[: i + 1])]
+        part = part / np.linalg.norm(part, axis=1, keepdims=True)
+        means = np.stack([part[labels == s].mean(0) for s in sorted(set(labels))])
+        local[i] = LocalCenter(means / np.linalg.norm(means, axis=1, keepdims=True), top_n, weight).to_dict()
+    kwargs["local_centers"] = local
+    spec.training["local_centering"] = {"fitted_on": str(fit), "files": len(entries), "speakers": len(set(labels)),
+                                        "members": sorted(set(members)), "top_n": top_n, "weight": weight}
+    return spec
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ensemble", action="store_true", help="run the models side by side (score average) instead of "
@@ -202,7 +243,14 @@ def main(argv: list[str] | None = None) -> int:
                     "leading directions (0: none)")
     ap.add_argument("--center", type=int, action="append", default=[], metavar="I",
                     help="with --fusion and --fit: centre member I (0-based; repeatable)")
-    ap.add_argument("--fit", type=Path, help="with --dim or --center: the audio list (training speakers) to fit on")
+    ap.add_argument("--local-center", type=int, action="append", default=[], metavar="I",
+                    help="with a fusion and --fit: centre member I locally, on its nearest training speakers (repeatable)")
+    ap.add_argument("--local-top-n", type=int, default=50, help="with --local-center: the speakers averaged "
+                    "(default: %(default)s)")
+    ap.add_argument("--local-weight", type=float, default=0.5, help="with --local-center: the share of their mean "
+                    "taken out, in (0, 1] (default: %(default)s)")
+    ap.add_argument("--fit", type=Path, help="with --dim, --center or --local-center: the audio list (training "
+                    "speakers, labelled) to fit on")
     ap.add_argument("out", type=Path, help="the model file to write")
     ap.add_argument("ingredients", nargs="+", type=ingredient, metavar="MODEL=WEIGHT")
     a = ap.parse_args(argv)
@@ -210,8 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--dim N (N > 0) goes with --ensemble and --fit LIST")
     if a.center and not (a.fusion and a.fit):
         ap.error("--center I goes with --fusion and --fit LIST")
-    if a.fit and not (a.dim or a.center):
-        ap.error("--fit LIST goes with --dim or --center")
+    if a.local_center and not a.fit:
+        ap.error("--local-center I goes with --fit LIST")
+    if a.local_top_n < 1 or not 0 < a.local_weight <= 1:
+        ap.error("--local-top-n must be >= 1 and --local-weight in (0, 1]")
+    if a.fit and not (a.dim or a.center or a.local_center):
+        ap.error("--fit LIST goes with --dim, --center or --local-center")
     if a.ensemble and a.fusion:
         ap.error("--ensemble and --fusion are two ways of running models side by side: choose one")
     if a.long_weights and not a.fusion:
@@ -226,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
             spec, state = project(spec, state, a.dim, a.fit, a.out)
         if a.center:
             spec = center(spec, state, a.center, a.fit, a.out)
+        if a.local_center:
+            if spec.model["name"] != "fusion":
+                raise SpkidError("--local-center centres a fusion's member: pass --fusion, or one fusion MODEL=1")
+            spec = local_center(spec, state, a.local_center, a.fit, a.out, a.local_top_n, a.local_weight)
         modelfile.build(spec, state, a.out)  # refuses what does not make a network
         sha = modelfile.save_state(a.out, spec, modelfile.quantize(state) if a.int8 else state)
     except SpkidError as e:

@@ -32,7 +32,8 @@ import numpy as np
 from spkid.errors import SpkidError
 from spkid.frontends import frontend
 from spkid.scoring import unit
-from spkid.utterance import EmbedConfig, FusedPreparer, FusionWeights, Prepared, Preparer, fusion_centers
+from spkid.utterance import (EmbedConfig, FusedPreparer, FusionWeights, LocalCenter, Prepared, Preparer, fusion_centers,
+                             fusion_local_centers)
 
 if TYPE_CHECKING:
     from spkid.gallery import Gallery
@@ -257,6 +258,7 @@ class Embedder:
     members: list[Embedder] = field(default_factory=list)  # a fusion's members, and how they are weighed
     weights: FusionWeights | None = None
     center: np.ndarray | None = None  # a fusion's member: taken out of each unit utterance embedding (`fusion_centers`)
+    local: LocalCenter | None = None  # a fusion's member: then centred on its nearest training speakers
 
     @classmethod
     def from_model(
@@ -322,13 +324,14 @@ class Embedder:
         kwargs = spec.model["kwargs"]
         weights = FusionWeights.from_kwargs(kwargs, len(kwargs["members"]))
         nets = [net.member(i) if ref.onnx is not None else net.members[i] for i in range(len(kwargs["members"]))]
-        centers = fusion_centers(kwargs, [int(n.embed_dim) for n in nets])
+        dims = [int(n.embed_dim) for n in nets]
+        centers, locals_ = fusion_centers(kwargs, dims), fusion_local_centers(kwargs, dims)
         for i, (cfg, mnet) in enumerate(zip(kwargs["members"], nets)):
             source = f"{ref.path}: member {i}"
             mspec = ModelSpec(model=cfg["model"], features=cfg["features"], embedding=cfg.get("embedding", {}))
             prep = replace(base, front=frontend(mspec.features, source),
                            cfg=EmbedConfig.from_dict(mspec.embedding, source, window_s=window_s, hop_s=hop_s))
-            members.append(cls(mnet, mspec, ref, prep, dev, batch_size, center=centers[i]))
+            members.append(cls(mnet, mspec, ref, prep, dev, batch_size, center=centers[i], local=locals_[i]))
         first = members[0].prep
         prep = FusedPreparer(first.front, first.cfg, first.use_vad, [m.prep for m in members])
         return cls(net, spec, ref, prep, dev, batch_size, members, weights)
@@ -369,7 +372,8 @@ class Embedder:
             idx = np.flatnonzero(lengths == length)
             e = unit(self.forward(np.stack([flat[i] for i in idx])))
             np.add.at(sums, owners[idx], e)
-        return unit(sums if self.center is None else unit(sums) - self.center).astype(np.float32)
+        e = unit(sums if self.center is None else unit(sums) - self.center)
+        return (e if self.local is None else self.local.apply(e)).astype(np.float32)
 
     def embed_signals(self, signals: Iterable[np.ndarray], sr: int) -> np.ndarray:
         """Embeddings `(N, D)` of mono signals at `sr` Hz (VAD and windows as configured)."""

@@ -405,6 +405,79 @@ def fusion_centers(kwargs: dict[str, Any], dims: Sequence[int]) -> list[np.ndarr
     return [None if c is None else np.asarray(c, np.float64) for c in raw]
 
 
+@dataclass(frozen=True)
+class LocalCenter:
+    """A fusion member's local centring: each unit utterance embedding loses `weight` times the mean of the `top_n`
+    rows of `rows` (unit speaker means of training speakers' embeddings) closest to it, and is normalised again.
+
+    The global centre (`fusion_centers`) takes out what all of our speech shares in a network trained elsewhere;
+    what a corpus, a language or a channel shares is left, and it raises the cosines of different speakers heard
+    the same way. The mean of an utterance's nearest training speakers estimates that part for each utterance, as
+    adaptive score normalisation's cohort does for scores, but inside the embedding, so every cosine of every
+    command and gallery search stays a plain cosine (`recipes/soup.py --local-center`)."""
+
+    rows: np.ndarray  # (speakers, dim) unit rows
+    top_n: int
+    weight: float
+
+    def apply(self, emb: np.ndarray) -> np.ndarray:
+        """Unit rows `(n, dim)` -> unit rows, each centred on its own neighbourhood of training speakers."""
+        if len(emb) == 0:
+            return emb
+        s = emb @ self.rows.T
+        n = min(self.top_n, len(self.rows))
+        near = np.argpartition(s, s.shape[1] - n, axis=1)[:, s.shape[1] - n :]
+        out = emb - self.weight * self.rows[near].mean(axis=1)
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON record in a fusion's kwargs: each row scaled to a largest value of 127 and rounded, as int8 in
+        base64 (a list of numbers would be 8 times larger); rows are normalised again when read."""
+        import base64
+
+        q = np.round(self.rows / np.abs(self.rows).max(axis=1, keepdims=True) * 127).astype(np.int8)
+        return {"top_n": self.top_n, "weight": self.weight, "rows": len(self.rows),
+                "int8": base64.b64encode(q.tobytes()).decode("ascii")}
+
+
+def fusion_local_centers(kwargs: dict[str, Any], dims: Sequence[int]) -> list[LocalCenter | None]:
+    """Per member of a fusion, its `LocalCenter` or None (kwargs `local_centers`: one record of
+    `LocalCenter.to_dict` or null per member; absent: none), checked against the members' embedding sizes `dims`."""
+    import base64
+    import binascii
+
+    members = len(kwargs["members"])
+    raw = kwargs.get("local_centers")
+    if raw is None:
+        return [None] * members
+    if not (isinstance(raw, list) and len(raw) == members):
+        raise SpkidError(f"fusion: local_centers must be one record (or null) per member, for {members} members")
+    out: list[LocalCenter | None] = []
+    for i, (rec, dim) in enumerate(zip(raw, dims)):
+        if rec is None:
+            out.append(None)
+            continue
+        bad = f"fusion: the local centring of member {i}"
+        if not isinstance(rec, dict) or not isinstance(rec.get("int8"), str):
+            raise SpkidError(f"{bad} must be a record with its rows as base64 int8 (\"int8\")")
+        top_n, weight, n = rec.get("top_n"), rec.get("weight"), rec.get("rows")
+        if not (isinstance(top_n, int) and top_n >= 1 and isinstance(n, int) and n >= 1
+                and isinstance(weight, (int, float)) and 0 < weight <= 1):
+            raise SpkidError(f"{bad} needs top_n >= 1, rows >= 1 and 0 < weight <= 1; got {top_n}, {n}, {weight}")
+        try:
+            rows = np.frombuffer(base64.b64decode(rec["int8"], validate=True), np.int8)
+        except (binascii.Error, ValueError) as e:
+            raise SpkidError(f"{bad}: its rows are not base64 int8 ({e})") from None
+        if rows.size != n * dim:
+            raise SpkidError(f"{bad}: {rows.size} values for {n} rows of {dim}")
+        rows = rows.reshape(n, dim).astype(np.float64)
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        if (norms < 1e-6).any():
+            raise SpkidError(f"{bad}: a row of zeros")
+        out.append(LocalCenter(rows / norms, top_n, float(weight)))
+    return out
+
+
 def _frames(seconds: float, front: Frontend) -> int:
     return int(round(seconds * front.sample_rate / front.frame_step))
 

@@ -85,6 +85,10 @@ def test_the_bundled_model_records_the_fusion_it_is():
     assert [r["weight"] for r in spec.training["fusion"]] == [0.8, 0.2]
     assert sum(v.dtype == torch.int8 for v in state.values()) > 40  # int8 weights: #19's 20 MB
     assert spec.calibration and spec.calibration["qmf"]["c"] < 0  # duration-aware: short trials get lower thresholds
+    assert kwargs["centers"][0] is None and len(kwargs["centers"][1]) == 192
+    local = kwargs["local_centers"]  # the ECAPA-TDNN, centred on its 50 nearest of the 462 training speakers
+    assert local[0] is None and (local[1]["top_n"], local[1]["weight"], local[1]["rows"]) == (50, 0.5, 462)
+    assert spec.training["local_centering"]["files"] == 2197
 
 
 def test_an_ensemble_scores_the_weighted_mean_of_its_members_cosines(tmp_path: Path):
@@ -344,22 +348,86 @@ def test_a_centred_member_has_the_mean_of_its_training_embeddings_taken_out(tmp_
     assert np.allclose(_embed(fused.with_suffix(".onnx"), clips), got, atol=1e-5)
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    for args, code, message in ((f"--fusion --center 1 {fused} {a}=0.6 {b}=0.4", 2, "--center I goes with --fusion and --fit"),
-                                (f"--fusion --fit {fit} {fused} {a}=0.6 {b}=0.4", 2, "--fit LIST goes with --dim or --center"),
+    _soup_refuses(tmp_path / "x.pt", ((f"--fusion --center 1 {fused} {a}=0.6 {b}=0.4", 2, "--center I goes with --fusion and --fit"),
+                                (f"--fusion --fit {fit} {fused} {a}=0.6 {b}=0.4", 2, "--fit LIST goes with --dim, --center or --local-center"),
                                 (f"--fusion --center 2 --fit {fit} {tmp_path / 'x.pt'} {a}=0.6 {b}=0.4", 1,
                                  "--center 2: the fusion has members 0 to 1"),
                                 (f"--fusion --center 1 --fit {empty} {tmp_path / 'x.pt'} {a}=0.6 {b}=0.4", 1,
-                                 "lists no audio files")):
-        out = sh(f"{SOUP} {args}")
-        err = out.stderr.decode()
-        assert out.returncode == code and message in err and (code == 2 or err.count("\n") == 1), err
-    assert not (tmp_path / "x.pt").exists()
+                                 "lists no audio files")))
     # a centre that does not fit its member is refused in one line when the model is loaded
-    spec, state = modelfile.read(fused)
-    for bad, message in (([None, [0.1] * 5], "the center of member 1 has 5 values, its embeddings 192"),
-                         ([None], "centers must be one list of numbers (or null) per member")):
-        spec.model["kwargs"]["centers"] = bad
-        modelfile.save_state(tmp_path / "bad.pt", spec, state)
-        out = sh(f"spkid embed {clips[0]} -m {tmp_path / 'bad.pt'}")
+    _embed_refuses(fused, "centers", clips[0], (([None, [0.1] * 5], "the center of member 1 has 5 values, its embeddings 192"),
+                                                ([None], "centers must be one list of numbers (or null) per member")))
+
+
+def test_a_locally_centred_member_loses_the_mean_of_its_nearest_training_speakers(tmp_path: Path):
+    from spkid.utterance import LocalCenter
+
+    clips = clip_files()[:8] or pytest.skip("needs the shipped example clips (examples/clips)")
+    a = make_model(tmp_path / "a.pt", 0)
+    b = make_model(tmp_path / "b.pt", 1, name="ecapa_tdnn")
+    fit = tmp_path / "fit.txt"  # 4 speakers of 2 clips each
+    fit.write_text("".join(f"{c}\tc:s{i // 2}\n" for i, c in enumerate(clips)))
+    fused, local = tmp_path / "fused.pt", tmp_path / "local.pt"
+    assert sh(f"{SOUP} --fusion --center 1 --fit {fit} {fused} {a}=0.6 {b}=0.4").returncode == 0
+    before = _embed(fused, clips)
+    # one fusion MODEL=1 is taken as it is: its centre and training record stay, local centring is added
+    out = sh(f"{SOUP} --local-center 1 --local-top-n 3 --local-weight 0.5 --fit {fit} {local} {fused}=1")
+    assert out.returncode == 0, out.stderr.decode()
+    old, new = modelfile.verify(fused)[0], modelfile.verify(local)[0]
+    assert new.model["kwargs"]["centers"] == old.model["kwargs"]["centers"]
+    assert new.training["centering"] == old.training["centering"] and new.training["fusion"] == old.training["fusion"]
+    assert new.training["local_centering"]["speakers"] == 4
+    rec = new.model["kwargs"]["local_centers"]
+    assert rec[0] is None and (rec[1]["top_n"], rec[1]["weight"], rec[1]["rows"]) == (3, 0.5, 4)
+    da = before.shape[1] - 192  # member 1 (the ECAPA-TDNN) has 192 dimensions
+    eb = before[:, da:] / np.sqrt(0.4)  # its unit (centred) embeddings
+    means = np.stack([eb[2 * k : 2 * k + 2].mean(0) for k in range(4)])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    got = _embed(local, clips)
+    assert np.allclose(got[:, :da], before[:, :da], atol=1e-6)  # member 0 untouched
+    want = np.empty_like(eb)
+    for n, e in enumerate(eb):  # by hand: the 3 nearest speaker means, half of their mean taken out
+        near = np.argsort(means @ e)[-3:]
+        want[n] = e - 0.5 * means[near].mean(0)
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    assert np.allclose(got[:, da:], np.sqrt(0.4) * want, atol=2e-3)  # the rows are stored as int8
+    assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+    assert sh(f"spkid export {local}").returncode == 0  # the ONNX form reads the rows from the same config
+    assert np.allclose(_embed(local.with_suffix(".onnx"), clips), got, atol=1e-5)
+    _soup_refuses(tmp_path / "x.pt", ((f"--local-center 1 {tmp_path / 'x.pt'} {fused}=1", 2, "--local-center I goes with --fit"),
+                                (f"--local-center 1 --local-weight 0 --fit {fit} {tmp_path / 'x.pt'} {fused}=1", 2,
+                                 "--local-weight in (0, 1]"),
+                                (f"--local-center 1 --fit {fit} {tmp_path / 'x.pt'} {fused}=1", 1,
+                                 "at least 50 speakers (--local-top-n)"),
+                                (f"--local-center 0 --local-top-n 3 --fit {fit} {tmp_path / 'x.pt'} {a}=1", 1,
+                                 "--local-center centres a fusion's member")))
+    # a record that does not fit its member is refused in one line when the model is loaded
+    good = rec[1]
+    _embed_refuses(local, "local_centers", clips[0], (
+        ([None, LocalCenter(np.ones((2, 5)) / np.sqrt(5), 1, 0.5).to_dict()], "10 values for 2 rows of 192"),
+        ([None, {**good, "int8": "not base64!"}], "its rows are not base64 int8"),
+        ([None, {**good, "weight": 1.5}], "0 < weight <= 1"),
+        ([good], "local_centers must be one record (or null) per member")))
+
+
+def _soup_refuses(out: Path, cases) -> None:
+    """Each (arguments, exit code, message) of `cases` is refused: argparse's usage error (2) or one line (1),
+    and `out` is never written."""
+    for args, code, message in cases:
+        proc = sh(f"{SOUP} {args}")
+        err = proc.stderr.decode()
+        assert proc.returncode == code and message in err and (code == 2 or err.count("\n") == 1), err
+    assert not out.exists()
+
+
+def _embed_refuses(model: Path, key: str, clip: Path, cases) -> None:
+    """`spkid embed` refuses `model` with its fusion kwargs' `key` replaced by each bad value of `cases`, in one
+    line naming what is wrong."""
+    spec, state = modelfile.read(model)
+    bad_model = model.with_name("bad.pt")
+    for bad, message in cases:
+        spec.model["kwargs"][key] = bad
+        modelfile.save_state(bad_model, spec, state)
+        out = sh(f"spkid embed {clip} -m {bad_model}")
         err = out.stderr.decode()
         assert out.returncode == 1 and out.stdout == b"" and err.count("\n") == 1 and message in err, err

@@ -8,7 +8,8 @@ As in an ensemble, each member's utterance embedding is a unit vector scaled by 
 the weights sum to 1, so the joint vector is a unit vector whose cosines are a weighted mean of the members' cosines
 (score-level fusion as one embedding). The weights may depend on the utterance's speech duration
 (`spkid.utterance.FusionWeights`): a network that is better on long speech can count for more there. A member may
-be centred (`centers`, `spkid.utterance.fusion_centers`): a vector taken out of its utterance embeddings.
+be centred (`centers`, `spkid.utterance.fusion_centers`): a vector taken out of its utterance embeddings; and then
+centred locally (`local_centers`, `spkid.utterance.LocalCenter`): on the mean of its nearest training speakers.
 
 This module only holds the networks (for model files, identities and `spkid export`); `spkid.embedding` prepares
 each member's windows from one voiced signal and runs them (`Embedder`).
@@ -21,7 +22,7 @@ from typing import Any
 from torch import nn
 
 from spkid.errors import SpkidError
-from spkid.utterance import FusionWeights, fusion_centers
+from spkid.utterance import FusionWeights, fusion_centers, fusion_local_centers
 
 
 def check_members(members: Any, weights: FusionWeights) -> None:
@@ -39,11 +40,13 @@ class Fusion(nn.Module):
     """`members`: model configs (`{"model": {"name", "kwargs"}, "features": {...}, "embedding": {...}}`); `weights`,
     `long_weights`, `short_s`, `long_s`: how they are weighed by an utterance's speech duration
     (`spkid.utterance.FusionWeights`); `centers`: what is taken out of each member's utterance embeddings
-    (`spkid.utterance.fusion_centers`). `embed_dim` is the sum of the members'; it has no `forward` of its own: each
+    (`spkid.utterance.fusion_centers`); `local_centers`: each member's `spkid.utterance.LocalCenter` record or None.
+    `embed_dim` is the sum of the members'; it has no `forward` of its own: each
     member takes its own features (`spkid.embedding.Embedder`)."""
 
     def __init__(self, members: list[dict[str, Any]], weights: list[float], long_weights: list[float] | None = None,
-                 short_s: float = 1.0, long_s: float = 3.0, centers: list[list[float] | None] | None = None) -> None:
+                 short_s: float = 1.0, long_s: float = 3.0, centers: list[list[float] | None] | None = None,
+                 local_centers: list[dict[str, Any] | None] | None = None) -> None:
         super().__init__()
         from spkid.models import build_model
 
@@ -55,6 +58,8 @@ class Fusion(nn.Module):
         self.members = nn.ModuleList(build_model(m["model"]["name"], **m["model"].get("kwargs", {})) for m in members)
         self.embed_dim = sum(int(m.embed_dim) for m in self.members)
         try:
-            fusion_centers({"members": members, "centers": centers}, [int(m.embed_dim) for m in self.members])
+            dims = [int(m.embed_dim) for m in self.members]
+            fusion_centers({"members": members, "centers": centers}, dims)
+            fusion_local_centers({"members": members, "local_centers": local_centers}, dims)
         except SpkidError as e:
             raise ValueError(str(e)) from None
