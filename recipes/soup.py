@@ -161,33 +161,49 @@ def project(spec, state, dim: int, fit: Path, out: Path):
     return spec, {**state, "projection": torch.from_numpy(basis.astype(np.float32))}
 
 
+def fit_list(spec, members: list[int], fit: Path, option: str):
+    """(the fusion's member embedding sizes, the entries of the list `fit`), refusing members `option` (--center or
+    --local-center) names that the fusion does not have, and an empty list."""
+    from spkid import streams
+    from spkid.errors import SpkidError
+    from spkid.models import build_model
+
+    dims = [int(build_model(m["model"]["name"], **m["model"].get("kwargs", {})).embed_dim)
+            for m in spec.model["kwargs"]["members"]]
+    if bad := [i for i in members if not 0 <= i < len(dims)]:
+        raise SpkidError(f"{option} {bad[0]}: the fusion has members 0 to {len(dims) - 1}")
+    entries = streams.read_list([str(fit)])
+    if not entries:
+        raise SpkidError(f"--fit {fit}: lists no audio files")
+    return dims, entries
+
+
+def member_embeddings(spec, state, dims: list[int], members: list[int], entries, out: Path) -> dict:
+    """{member: its unit utterance embeddings (float64) of the files of `entries`}, as the fusion `spec` makes them."""
+    import numpy as np
+
+    emb = embed_list(spec, state, [e.path for e in entries], out).astype(np.float64)
+    blocks = {}
+    for i in sorted(set(members)):
+        part = emb[:, sum(dims[:i]) : sum(dims[: i + 1])]
+        blocks[i] = part / np.linalg.norm(part, axis=1, keepdims=True)
+    return blocks
+
+
 def center(spec, state, members: list[int], fit: Path, out: Path):
     """The fusion `spec` with `members` centred on the mean over corpora of their mean unit embeddings of the audio
     files listed in `fit` (module docstring)."""
     import numpy as np
 
-    from spkid import streams
-    from spkid.errors import SpkidError
-    from spkid.models import build_model
-
-    kwargs = spec.model["kwargs"]
-    dims = [int(build_model(m["model"]["name"], **m["model"].get("kwargs", {})).embed_dim) for m in kwargs["members"]]
-    if bad := [i for i in members if not 0 <= i < len(dims)]:
-        raise SpkidError(f"--center {bad[0]}: the fusion has members 0 to {len(dims) - 1}")
-    entries = streams.read_list([str(fit)])
-    if not entries:
-        raise SpkidError(f"--fit {fit}: lists no audio files")
-    emb = embed_list(spec, state, [e.path for e in entries], out).astype(np.float64)
+    dims, entries = fit_list(spec, members, fit, "--center")
     corpora = np.array([(e.label or "").partition(":")[0] if ":" in (e.label or "") else "" for e in entries])
     centers: list = [None] * len(dims)
     norms = {}
-    for i in sorted(set(members)):
-        part = emb[:, sum(dims[:i]) : sum(dims[: i + 1])]
-        part = part / np.linalg.norm(part, axis=1, keepdims=True)
+    for i, part in member_embeddings(spec, state, dims, members, entries, out).items():
         mean = np.mean([part[corpora == c].mean(0) for c in sorted(set(corpora))], axis=0)
         centers[i] = [float(x) for x in mean.astype(np.float32)]
         norms[str(i)] = round(float(np.linalg.norm(mean)), 4)
-    kwargs["centers"] = centers
+    spec.model["kwargs"]["centers"] = centers
     spec.training["centering"] = {"fitted_on": str(fit), "files": len(entries), "corpora": len(set(corpora)),
                                   "center_norms": norms}
     return spec
@@ -198,29 +214,20 @@ def local_center(spec, state, members: list[int], fit: Path, out: Path, top_n: i
     audio files listed in `fit` (module docstring)."""
     import numpy as np
 
-    from spkid import streams
     from spkid.errors import SpkidError
-    from spkid.models import build_model
     from spkid.utterance import LocalCenter
 
-    kwargs = spec.model["kwargs"]
-    dims = [int(build_model(m["model"]["name"], **m["model"].get("kwargs", {})).embed_dim) for m in kwargs["members"]]
-    if bad := [i for i in members if not 0 <= i < len(dims)]:
-        raise SpkidError(f"--local-center {bad[0]}: the fusion has members 0 to {len(dims) - 1}")
-    entries = streams.read_list([str(fit)])
+    dims, entries = fit_list(spec, members, fit, "--local-center")
     labels = np.array([e.label or "" for e in entries])
     if len(set(labels) - {""}) < top_n or "" in labels:
         raise SpkidError(f"--fit {fit}: local centring needs a speaker label on every line and at least "
                          f"{top_n} speakers (--local-top-n)")
-    kwargs.pop("local_centers", None)  # fitted on the embeddings before any local centring
-    emb = embed_list(spec, state, [e.path for e in entries], out).astype(np.float64)
+    spec.model["kwargs"].pop("local_centers", None)  # fitted on the embeddings before any local centring
     local: list = [None] * len(dims)
-    for i in sorted(set(members)):
-        part = emb[:, sum(dims[:i]) : sum(dims[: i + 1])]
-        part = part / np.linalg.norm(part, axis=1, keepdims=True)
+    for i, part in member_embeddings(spec, state, dims, members, entries, out).items():
         means = np.stack([part[labels == s].mean(0) for s in sorted(set(labels))])
         local[i] = LocalCenter(means / np.linalg.norm(means, axis=1, keepdims=True), top_n, weight).to_dict()
-    kwargs["local_centers"] = local
+    spec.model["kwargs"]["local_centers"] = local
     spec.training["local_centering"] = {"fitted_on": str(fit), "files": len(entries), "speakers": len(set(labels)),
                                         "members": sorted(set(members)), "top_n": top_n, "weight": weight}
     return spec

@@ -360,6 +360,8 @@ def test_a_centred_member_has_the_mean_of_its_training_embeddings_taken_out(tmp_
 
 
 def test_a_locally_centred_member_loses_the_mean_of_its_nearest_training_speakers(tmp_path: Path):
+    import base64
+
     from spkid.utterance import LocalCenter
 
     clips = clip_files()[:8] or pytest.skip("needs the shipped example clips (examples/clips)")
@@ -407,6 +409,8 @@ def test_a_locally_centred_member_loses_the_mean_of_its_nearest_training_speaker
         ([None, LocalCenter(np.ones((2, 5)) / np.sqrt(5), 1, 0.5).to_dict()], "10 values for 2 rows of 192"),
         ([None, {**good, "int8": "not base64!"}], "its rows are not base64 int8"),
         ([None, {**good, "weight": 1.5}], "0 < weight <= 1"),
+        ([None, {**good, "int8": base64.b64encode(bytes(4 * 192)).decode()}], "a row of zeros"),
+        ([None, {"top_n": 3}], "must be a record with its rows as base64 int8"),
         ([good], "local_centers must be one record (or null) per member")))
 
 
