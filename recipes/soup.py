@@ -24,12 +24,16 @@ is taken out of each of that member's utterance embeddings (`spkid.utterance.fus
 speakers. `--local-center I --fit LIST` then centres member I locally (`spkid.utterance.LocalCenter`): its unit
 (centred) embeddings of LIST's audio are averaged per speaker (the label), and each utterance embedding loses
 `--local-weight` times the mean of its `--local-top-n` nearest speaker means, stored (int8) in the model's
-config. One MODEL=1 that is already a fusion is taken as it is (its configuration and training record kept), so
-a fusion can be centred again without its members. `--int8` stores the large weights as int8
+config. `--speed-copies F,F` makes the fusion embed each utterance with under `--speed-copies-below` seconds of
+speech also played at those speeds, averaging the embeddings (`spkid.utterance.SpeedCopies`; centring in the same
+call is fitted before they are added; `--speed-copies-members` limits them to some members). One MODEL=1 that is
+already a fusion is taken as it is (its configuration and training record kept), so a fusion can be centred again
+without its members. `--int8` stores the large weights as int8
 (`spkid.modelfile.quantize`), about a quarter of the bytes.
 
     python recipes/soup.py [--ensemble [--dim N --fit LIST] | --fusion [--long-weights W,W --short-s S --long-s S]
-                           [--center I ...] [--local-center I ...] [--fit LIST]] [--int8] OUT.pt MODEL=WEIGHT ...
+                           [--center I ...] [--local-center I ...] [--fit LIST] [--speed-copies F,F]] [--int8]
+                           OUT.pt MODEL=WEIGHT ...
 
 MODEL is a spkid model file, `resemblyzer` (the pretrained encoder) or a published model folder of another toolkit
 (`spkid.importers`); the weights must be positive and sum to 1.
@@ -256,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
                     "(default: %(default)s)")
     ap.add_argument("--local-weight", type=float, default=0.5, help="with --local-center: the share of their mean "
                     "taken out, in (0, 1] (default: %(default)s)")
+    ap.add_argument("--speed-copies", type=lambda t: [float(x) for x in t.split(",")], metavar="F,F,...",
+                    help="with a fusion: also embed short utterances played at these speeds, and average")
+    ap.add_argument("--speed-copies-below", type=float, default=3.0, help="with --speed-copies: the seconds of "
+                    "speech under which an utterance gets them (default: %(default)s)")
+    ap.add_argument("--speed-copies-members", type=lambda t: [int(x) for x in t.split(",")], metavar="I,I,...",
+                    help="with --speed-copies: only these members embed the copies (default: all)")
     ap.add_argument("--fit", type=Path, help="with --dim, --center or --local-center: the audio list (training "
                     "speakers, labelled) to fit on")
     ap.add_argument("out", type=Path, help="the model file to write")
@@ -277,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--long-weights goes with --fusion")
     from spkid import modelfile
     from spkid.errors import SpkidError
+    from spkid.utterance import SpeedCopies
 
     try:
         durations = {"long_weights": a.long_weights, "short_s": a.short_s, "long_s": a.long_s} if a.long_weights else {}
@@ -289,6 +300,14 @@ def main(argv: list[str] | None = None) -> int:
             if spec.model["name"] != "fusion":
                 raise SpkidError("--local-center centres a fusion's member: pass --fusion, or one fusion MODEL=1")
             spec = local_center(spec, state, a.local_center, a.fit, a.out, a.local_top_n, a.local_weight)
+        if a.speed_copies:
+            if spec.model["name"] != "fusion":
+                raise SpkidError("--speed-copies is a fusion's: pass --fusion, or one fusion MODEL=1")
+            rec = {"factors": a.speed_copies, "below_s": a.speed_copies_below}
+            if a.speed_copies_members is not None:
+                rec["members"] = a.speed_copies_members
+            copies = SpeedCopies.from_kwargs({"members": spec.model["kwargs"]["members"], "speed_copies": rec})
+            spec.model["kwargs"]["speed_copies"] = copies.to_dict()
         modelfile.build(spec, state, a.out)  # refuses what does not make a network
         sha = modelfile.save_state(a.out, spec, modelfile.quantize(state) if a.int8 else state)
     except SpkidError as e:

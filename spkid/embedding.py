@@ -32,8 +32,8 @@ import numpy as np
 from spkid.errors import SpkidError
 from spkid.frontends import frontend
 from spkid.scoring import unit
-from spkid.utterance import (EmbedConfig, FusedPreparer, FusionWeights, LocalCenter, Prepared, Preparer, fusion_centers,
-                             fusion_local_centers)
+from spkid.utterance import (EmbedConfig, FusedPreparer, FusionWeights, LocalCenter, Prepared, Preparer, SpeedCopies,
+                             fusion_centers, fusion_local_centers)
 
 if TYPE_CHECKING:
     from spkid.gallery import Gallery
@@ -333,7 +333,8 @@ class Embedder:
                            cfg=EmbedConfig.from_dict(mspec.embedding, source, window_s=window_s, hop_s=hop_s))
             members.append(cls(mnet, mspec, ref, prep, dev, batch_size, center=centers[i], local=locals_[i]))
         first = members[0].prep
-        prep = FusedPreparer(first.front, first.cfg, first.use_vad, [m.prep for m in members])
+        prep = FusedPreparer(first.front, first.cfg, first.use_vad, [m.prep for m in members],
+                             SpeedCopies.from_kwargs(kwargs))
         return cls(net, spec, ref, prep, dev, batch_size, members, weights)
 
     @property
@@ -362,8 +363,17 @@ class Embedder:
             return np.zeros((0, self.net.embed_dim), np.float32)
         if self.members:  # a fusion: each member's unit embedding times the root of its weight, side by side
             w = np.sqrt(self.weights.at(np.array([p.quality.speech_seconds for p in items])))
-            return np.concatenate([w[:, i : i + 1] * m.embed_prepared([Prepared(p.windows[i], p.quality) for p in items])
-                                   for i, m in enumerate(self.members)], axis=1).astype(np.float32)
+            # speed copies (`SpeedCopies`): each member's unit embeddings of an utterance and its copies, averaged
+            parts = []
+            for i, m in enumerate(self.members):
+                mine = [(o, win[i]) for o, p in enumerate(items) for win in (p.windows, *p.copies) if win[i] is not None]
+                e = m.embed_prepared([Prepared(win, items[o].quality) for o, win in mine])
+                if len(mine) > len(items):
+                    sums = np.zeros((len(items), e.shape[1]))
+                    np.add.at(sums, [o for o, _ in mine], e)
+                    e = unit(sums)
+                parts.append(w[:, i : i + 1] * e)
+            return np.concatenate(parts, axis=1).astype(np.float32)
         owners = np.concatenate([np.full(len(p.windows), i) for i, p in enumerate(items)])
         lengths = np.concatenate([np.full(len(p.windows), p.windows.shape[1]) for p in items])
         flat = [w for p in items for w in p.windows]

@@ -74,7 +74,7 @@ class Track:
             voiced = voiced_in(self.segs, a, min(n, a + self.win))
             seconds = int((voiced[:, 1] - voiced[:, 0]).sum()) / self.rate
             sig = np.concatenate([self.signal[s:e] for s, e in voiced])
-            yield Prepared(prep.windows(sig), Quality(seconds, seconds))
+            yield prep.prepared(sig, Quality(seconds, seconds))
 
     def speech_seconds(self) -> np.ndarray:
         """Seconds of voiced audio in each kept window (what `windows` embeds of it), in `kept` order."""

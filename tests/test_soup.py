@@ -89,6 +89,7 @@ def test_the_bundled_model_records_the_fusion_it_is():
     local = kwargs["local_centers"]  # the ECAPA-TDNN, centred on its 50 nearest of the 462 training speakers
     assert local[0] is None and (local[1]["top_n"], local[1]["weight"], local[1]["rows"]) == (50, 0.5, 462)
     assert spec.training["local_centering"]["files"] == 2197
+    assert kwargs["speed_copies"] == {"factors": [0.95, 1.05], "below_s": 3.0}  # short speech, also 5 % slower and faster
 
 
 def test_an_ensemble_scores_the_weighted_mean_of_its_members_cosines(tmp_path: Path):
@@ -435,3 +436,81 @@ def _embed_refuses(model: Path, key: str, clip: Path, cases) -> None:
         out = sh(f"spkid embed {clip} -m {bad_model}")
         err = out.stderr.decode()
         assert out.returncode == 1 and out.stdout == b"" and err.count("\n") == 1 and message in err, err
+
+
+def test_speed_copies_average_a_short_utterance_with_itself_played_faster_and_slower(tmp_path: Path):
+    import soundfile as sf
+
+    from spkid import audio
+    from spkid.embedding import Embedder
+    from spkid.utterance import speed
+
+    clips = clip_files()[:6] or pytest.skip("needs the shipped example clips (examples/clips)")
+    a = make_model(tmp_path / "a.pt", 0)
+    b = make_model(tmp_path / "b.pt", 1, name="ecapa_tdnn")  # the whole utterance as one window (its own length)
+    fused, copied = tmp_path / "fused.pt", tmp_path / "copied.pt"
+    assert sh(f"{SOUP} --fusion {fused} {a}=0.6 {b}=0.4").returncode == 0
+    before, seconds = _embed(fused, clips, with_seconds=True)
+    below = float(np.median(seconds))  # half the clips get copies, half do not
+    out = sh(f"{SOUP} --speed-copies 0.95,1.05 --speed-copies-below {below} {copied} {fused}=1")
+    assert out.returncode == 0, out.stderr.decode()
+    assert modelfile.verify(copied)[0].model["kwargs"]["speed_copies"] == {"factors": [0.95, 1.05], "below_s": below}
+    got = _embed(copied, clips)
+    short = seconds < below
+    assert 0 < short.sum() < len(clips)
+    assert np.allclose(got[~short], before[~short], atol=1e-6)  # longer speech is embedded once, as before
+    # a long file without speech is embedded whole (embed's fallback), and once: its length decides, not its speech
+    hum = tmp_path / "hum.wav"
+    sf.write(hum, (0.001 * np.random.default_rng(0).standard_normal(16000 * int(below + 5))).astype(np.float32), 16000)
+    (e_plain, s_plain), e_copied = _embed(fused, [hum], with_seconds=True), _embed(copied, [hum])
+    assert s_plain[0] == 0 and np.allclose(e_copied, e_plain, atol=1e-6)
+    # by hand: the voiced signal and its two copies embedded by the fusion without copies; each member's unit
+    # embeddings averaged, normalised again and weighted as the fusion weighs them
+    plain = Embedder.from_model(str(fused))
+    da = before.shape[1] - 192  # member 1 (the ECAPA-TDNN) has 192 dimensions
+    for n in np.flatnonzero(short):
+        x, sr = audio.load(str(clips[n]))
+        y, q = plain.prep.members[0].signal(x, sr)
+        three = plain.embed_prepared([plain.prep.prepared(s, q) for s in (y, speed(y, 0.95), speed(y, 1.05))])
+        want = []
+        for part in (slice(0, da), slice(da, None)):
+            mean = (three[:, part] / np.linalg.norm(three[:, part], axis=1, keepdims=True)).sum(0)
+            want.append(mean / np.linalg.norm(mean) * np.linalg.norm(before[n, part]))  # the member's weight
+        assert np.allclose(got[n], np.concatenate(want), atol=1e-5)
+        assert np.abs(got[n] - before[n]).max() > 1e-4  # the copies moved it
+    assert sh(f"spkid export {copied}").returncode == 0  # the ONNX form makes the same copies
+    assert np.allclose(_embed(copied.with_suffix(".onnx"), clips), got, atol=1e-5)
+    # copies for member 0 only: member 1 embeds each utterance once, as without copies
+    first = tmp_path / "first.pt"
+    out = sh(f"{SOUP} --speed-copies 0.95,1.05 --speed-copies-below {below} --speed-copies-members 0 {first} {fused}=1")
+    assert out.returncode == 0, out.stderr.decode()
+    only = _embed(first, clips)
+    assert np.allclose(only[:, :da], got[:, :da], atol=1e-6) and np.allclose(only[:, da:], before[:, da:], atol=1e-6)
+    # who speaks when in a long recording: windows of a fusion (with copies) are embedded like utterances
+    gal = tmp_path / "gal"
+    assert sh(f"spkid enroll {' '.join(map(str, clips[:4]))} -g {gal} -m {copied}").returncode == 0
+    sf.write(tmp_path / "long.wav", np.concatenate([audio.load(str(c))[0] for c in clips[:2]]), 16000)
+    out = sh(f"spkid identify --in {tmp_path / 'long.wav'} -g {gal} -m {copied} --window 1.5 --hop 0.5 -t 0")
+    runs = [line.split("\t") for line in out.stdout.decode().splitlines()]
+    assert out.returncode == 0 and runs and all(len(r) == 4 for r in runs), out.stderr.decode()
+    _soup_refuses(tmp_path / "x.pt", ((f"--speed-copies 0.95 {tmp_path / 'x.pt'} {a}=1", 1, "--speed-copies is a fusion's"),
+                                      (f"--speed-copies 1,1.05 {tmp_path / 'x.pt'} {fused}=1", 1, "speeds in [0.5, 2] other than 1"),
+                                      (f"--speed-copies 0.9 --speed-copies-members 0,2 {tmp_path / 'x.pt'} {fused}=1", 1,
+                                       "distinct indices of its 2 members")))
+    _embed_refuses(copied, "speed_copies", clips[0], (
+        ({"factors": [0.95]}, "\"below_s\": seconds > 0"), ({"factors": [3], "below_s": 2}, "speeds in [0.5, 2]"),
+        ([0.95, 1.05], "must be {\"factors\""), ({"factors": [0.9], "below_s": 2, "members": [1, 1]}, "distinct indices")))
+
+
+def test_speed_plays_a_signal_faster_or_slower_without_aliasing():
+    from spkid.utterance import speed
+
+    t = np.arange(16000) / 16000
+    tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    for factor in (0.95, 1.05, 1.5):
+        y = speed(tone, factor)
+        assert y.dtype == np.float32 and len(y) == round(16000 / factor)
+        peak = np.argmax(np.abs(np.fft.rfft(y))) * 16000 / len(y)
+        assert abs(peak - 440 * factor) < 2 and abs(np.sqrt(np.mean(y**2)) - np.sqrt(0.5)) < 0.01
+    high = np.sin(2 * np.pi * 7000 * t).astype(np.float32)  # above the new Nyquist at 1.5x: dropped, not folded
+    assert np.sqrt(np.mean(speed(high, 1.5) ** 2)) < 1e-3

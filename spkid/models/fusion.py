@@ -10,6 +10,7 @@ the weights sum to 1, so the joint vector is a unit vector whose cosines are a w
 (`spkid.utterance.FusionWeights`): a network that is better on long speech can count for more there. A member may
 be centred (`centers`, `spkid.utterance.fusion_centers`): a vector taken out of its utterance embeddings; and then
 centred locally (`local_centers`, `spkid.utterance.LocalCenter`): on the mean of its nearest training speakers.
+Short utterances may be embedded with speed copies (`speed_copies`, `spkid.utterance.SpeedCopies`).
 
 This module only holds the networks (for model files, identities and `spkid export`); `spkid.embedding` prepares
 each member's windows from one voiced signal and runs them (`Embedder`).
@@ -22,7 +23,7 @@ from typing import Any
 from torch import nn
 
 from spkid.errors import SpkidError
-from spkid.utterance import FusionWeights, fusion_centers, fusion_local_centers
+from spkid.utterance import FusionWeights, SpeedCopies, fusion_centers, fusion_local_centers
 
 
 def check_members(members: Any, weights: FusionWeights) -> None:
@@ -40,13 +41,15 @@ class Fusion(nn.Module):
     """`members`: model configs (`{"model": {"name", "kwargs"}, "features": {...}, "embedding": {...}}`); `weights`,
     `long_weights`, `short_s`, `long_s`: how they are weighed by an utterance's speech duration
     (`spkid.utterance.FusionWeights`); `centers`: what is taken out of each member's utterance embeddings
-    (`spkid.utterance.fusion_centers`); `local_centers`: each member's `spkid.utterance.LocalCenter` record or None.
+    (`spkid.utterance.fusion_centers`); `local_centers`: each member's `spkid.utterance.LocalCenter` record or None;
+    `speed_copies`: a `spkid.utterance.SpeedCopies` record or None.
     `embed_dim` is the sum of the members'; it has no `forward` of its own: each
     member takes its own features (`spkid.embedding.Embedder`)."""
 
     def __init__(self, members: list[dict[str, Any]], weights: list[float], long_weights: list[float] | None = None,
                  short_s: float = 1.0, long_s: float = 3.0, centers: list[list[float] | None] | None = None,
-                 local_centers: list[dict[str, Any] | None] | None = None) -> None:
+                 local_centers: list[dict[str, Any] | None] | None = None,
+                 speed_copies: dict[str, Any] | None = None) -> None:
         super().__init__()
         from spkid.models import build_model
 
@@ -61,5 +64,6 @@ class Fusion(nn.Module):
             dims = [int(m.embed_dim) for m in self.members]
             fusion_centers({"members": members, "centers": centers}, dims)
             fusion_local_centers({"members": members, "local_centers": local_centers}, dims)
+            SpeedCopies.from_kwargs({"members": members, "speed_copies": speed_copies})
         except SpkidError as e:
             raise ValueError(str(e)) from None
