@@ -74,7 +74,8 @@ class Track:
             voiced = voiced_in(self.segs, a, min(n, a + self.win))
             seconds = int((voiced[:, 1] - voiced[:, 0]).sum()) / self.rate
             sig = np.concatenate([self.signal[s:e] for s, e in voiced])
-            yield prep.prepared(sig, Quality(seconds, seconds))
+            # once each: windows overlap (hop 0.5 s of 2 s), and a fusion's speed copies would triple the time
+            yield prep.prepared(sig, Quality(seconds, seconds), copies=False)
 
     def speech_seconds(self) -> np.ndarray:
         """Seconds of voiced audio in each kept window (what `windows` embeds of it), in `kept` order."""

@@ -276,8 +276,9 @@ class Preparer:
             raise SpkidError("signal too short for a single feature frame")
         return cut(feats, starts, length)
 
-    def prepared(self, x: np.ndarray, q: Quality) -> Prepared:
-        """A voiced signal at the model's rate (`signal`'s, or a window of a long recording) -> its `Prepared`."""
+    def prepared(self, x: np.ndarray, q: Quality, copies: bool = True) -> Prepared:
+        """A voiced signal at the model's rate (`signal`'s, or a window of a long recording) -> its `Prepared`
+        (`copies`: with a fusion's speed copies, when it has them and `x` is short enough; `FusedPreparer`)."""
         return Prepared(self.windows(x), q)
 
     def prepare_signal(self, x: np.ndarray, sr: int, name: str = "signal") -> Prepared:
@@ -333,15 +334,15 @@ class FusedPreparer(Preparer):
         if len(rates) != 1:
             raise SpkidError(f"the members of a fusion take audio at different rates {sorted(rates)} Hz")
 
-    def prepared(self, x: np.ndarray, q: Quality) -> Prepared:
+    def prepared(self, x: np.ndarray, q: Quality, copies: bool = True) -> Prepared:
         def windows(y: np.ndarray, which: Sequence[int] | None = None) -> tuple[np.ndarray | None, ...]:
             return tuple(m.windows(y if i == 0 else m.front.prepare(y)) if which is None or i in which else None
                          for i, m in enumerate(self.members))
 
-        if self.copies is None:
+        if self.copies is None or not copies:
             return Prepared(windows(x), q)
-        copies = self.copies.of(x, self.front.sample_rate)
-        return Prepared(windows(x), q, tuple(windows(y, self.copies.members) for y in copies))
+        made = self.copies.of(x, self.front.sample_rate)
+        return Prepared(windows(x), q, tuple(windows(y, self.copies.members) for y in made))
 
     def prepare_signal(self, x: np.ndarray, sr: int, name: str = "signal") -> Prepared:
         y, q = self.members[0].signal(x, sr, name)
@@ -409,7 +410,7 @@ class SpeedCopies:
     semitone either way), and the unit member embeddings of the original and its copies are averaged. On a second or two of
     speech an embedding still depends on the exact sounds said; the copies average some of that away (the
     development suite: pooled EER 6.26 -> 5.88 %, README). Longer speech is embedded once, so the cost stays on short
-    clips, where the networks are fast. `members`: the members that embed the copies (None: all; a member left out
+    clips, where the networks are fast; so are the overlapping windows of a long recording (`spkid.tracking`). `members`: the members that embed the copies (None: all; a member left out
     embeds the utterance once). Fusion kwargs `speed_copies`: `{"factors": [...], "below_s": S[, "members": [...]]}`."""
 
     factors: tuple[float, ...]

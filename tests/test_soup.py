@@ -438,6 +438,18 @@ def _embed_refuses(model: Path, key: str, clip: Path, cases) -> None:
         assert out.returncode == 1 and out.stdout == b"" and err.count("\n") == 1 and message in err, err
 
 
+def _copies_models(tmp_path: Path, below: float, *extra: str) -> tuple[Path, Path, Path]:
+    """A small fusion (GE2E-like 64-d + ECAPA-TDNN 192-d) and the same with speed copies under `below` seconds:
+    (member 0's model, the fusion, the fusion with copies; `extra`: more soup.py options)."""
+    a = make_model(tmp_path / "a.pt", 0)
+    b = make_model(tmp_path / "b.pt", 1, name="ecapa_tdnn")  # the whole utterance as one window (its own length)
+    fused, copied = tmp_path / "fused.pt", tmp_path / "copied.pt"
+    assert sh(f"{SOUP} --fusion {fused} {a}=0.6 {b}=0.4").returncode == 0
+    out = sh(f"{SOUP} --speed-copies 0.95,1.05 --speed-copies-below {below} {' '.join(extra)} {copied} {fused}=1")
+    assert out.returncode == 0, out.stderr.decode()
+    return a, fused, copied
+
+
 def test_speed_copies_average_a_short_utterance_with_itself_played_faster_and_slower(tmp_path: Path):
     import soundfile as sf
 
@@ -446,24 +458,18 @@ def test_speed_copies_average_a_short_utterance_with_itself_played_faster_and_sl
     from spkid.utterance import speed
 
     clips = clip_files()[:6] or pytest.skip("needs the shipped example clips (examples/clips)")
-    a = make_model(tmp_path / "a.pt", 0)
-    b = make_model(tmp_path / "b.pt", 1, name="ecapa_tdnn")  # the whole utterance as one window (its own length)
-    fused, copied = tmp_path / "fused.pt", tmp_path / "copied.pt"
-    assert sh(f"{SOUP} --fusion {fused} {a}=0.6 {b}=0.4").returncode == 0
-    before, seconds = _embed(fused, clips, with_seconds=True)
-    below = float(np.median(seconds))  # half the clips get copies, half do not
-    out = sh(f"{SOUP} --speed-copies 0.95,1.05 --speed-copies-below {below} {copied} {fused}=1")
-    assert out.returncode == 0, out.stderr.decode()
+    below = 4.0  # about half the clips have less speech
+    _, fused, copied = _copies_models(tmp_path, below)
     assert modelfile.verify(copied)[0].model["kwargs"]["speed_copies"] == {"factors": [0.95, 1.05], "below_s": below}
-    got = _embed(copied, clips)
-    short = seconds < below
-    assert 0 < short.sum() < len(clips)
-    assert np.allclose(got[~short], before[~short], atol=1e-6)  # longer speech is embedded once, as before
-    # a long file without speech is embedded whole (embed's fallback), and once: its length decides, not its speech
+    # and a long file without speech: embedded whole (embed's fallback), and once: its length decides, not its speech
     hum = tmp_path / "hum.wav"
-    sf.write(hum, (0.001 * np.random.default_rng(0).standard_normal(16000 * int(below + 5))).astype(np.float32), 16000)
-    (e_plain, s_plain), e_copied = _embed(fused, [hum], with_seconds=True), _embed(copied, [hum])
-    assert s_plain[0] == 0 and np.allclose(e_copied, e_plain, atol=1e-6)
+    sf.write(hum, (0.001 * np.random.default_rng(0).standard_normal(16000 * 8)).astype(np.float32), 16000)
+    before, seconds = _embed(fused, [*clips, hum], with_seconds=True)
+    got = _embed(copied, [*clips, hum])
+    short = seconds < below
+    assert 0 < short[:-1].sum() < len(clips) and seconds[-1] == 0
+    short[-1] = False  # no speech found in the hum: its 8 s are embedded whole, without copies
+    assert np.allclose(got[~short], before[~short], atol=1e-6)  # longer speech is embedded once, as before
     # by hand: the voiced signal and its two copies embedded by the fusion without copies; each member's unit
     # embeddings averaged, normalised again and weighted as the fusion weighs them
     plain = Embedder.from_model(str(fused))
@@ -479,27 +485,42 @@ def test_speed_copies_average_a_short_utterance_with_itself_played_faster_and_sl
         assert np.allclose(got[n], np.concatenate(want), atol=1e-5)
         assert np.abs(got[n] - before[n]).max() > 1e-4  # the copies moved it
     assert sh(f"spkid export {copied}").returncode == 0  # the ONNX form makes the same copies
-    assert np.allclose(_embed(copied.with_suffix(".onnx"), clips), got, atol=1e-5)
+    assert np.allclose(_embed(copied.with_suffix(".onnx"), [*clips, hum]), got, atol=1e-5)
     # copies for member 0 only: member 1 embeds each utterance once, as without copies
     first = tmp_path / "first.pt"
     out = sh(f"{SOUP} --speed-copies 0.95,1.05 --speed-copies-below {below} --speed-copies-members 0 {first} {fused}=1")
     assert out.returncode == 0, out.stderr.decode()
-    only = _embed(first, clips)
+    only = _embed(first, [*clips, hum])
     assert np.allclose(only[:, :da], got[:, :da], atol=1e-6) and np.allclose(only[:, da:], before[:, da:], atol=1e-6)
-    # who speaks when in a long recording: windows of a fusion (with copies) are embedded like utterances
+
+
+def test_a_fusion_with_speed_copies_tracks_speakers_and_refuses_bad_records(tmp_path: Path):
+    import soundfile as sf
+
+    from spkid import audio
+
+    from spkid import tracking
+    from spkid.embedding import Embedder
+
+    clips = clip_files()[:4] or pytest.skip("needs the shipped example clips (examples/clips)")
+    a, fused, copied = _copies_models(tmp_path, 3.0)
+    # who speaks when in a long recording: a fusion's windows (here with copies) are embedded like utterances
     gal = tmp_path / "gal"
-    assert sh(f"spkid enroll {' '.join(map(str, clips[:4]))} -g {gal} -m {copied}").returncode == 0
+    assert sh(f"spkid enroll {' '.join(map(str, clips))} -g {gal} -m {copied}").returncode == 0
     sf.write(tmp_path / "long.wav", np.concatenate([audio.load(str(c))[0] for c in clips[:2]]), 16000)
     out = sh(f"spkid identify --in {tmp_path / 'long.wav'} -g {gal} -m {copied} --window 1.5 --hop 0.5 -t 0")
     runs = [line.split("\t") for line in out.stdout.decode().splitlines()]
     assert out.returncode == 0 and runs and all(len(r) == 4 for r in runs), out.stderr.decode()
-    _soup_refuses(tmp_path / "x.pt", ((f"--speed-copies 0.95 {tmp_path / 'x.pt'} {a}=1", 1, "--speed-copies is a fusion's"),
-                                      (f"--speed-copies 1,1.05 {tmp_path / 'x.pt'} {fused}=1", 1, "speeds in [0.5, 2] other than 1"),
-                                      (f"--speed-copies 0.9 --speed-copies-members 0,2 {tmp_path / 'x.pt'} {fused}=1", 1,
-                                       "distinct indices of its 2 members")))
+    prep = Embedder.from_model(str(copied)).prep  # each member's windows, once: windows overlap, copies would triple the time
+    windows = list(tracking.Track.load(str(tmp_path / "long.wav"), prep, 1.5, 0.5).windows(prep))
+    assert windows and all(len(p.windows) == 2 and p.copies == () for p in windows)
+    x = tmp_path / "x.pt"
+    _soup_refuses(x, ((f"--speed-copies 0.95 {x} {a}=1", 1, "--speed-copies is a fusion's"),
+                      (f"--speed-copies 1,1.05 {x} {fused}=1", 1, "speeds in [0.5, 2] other than 1"),
+                      (f"--speed-copies 0.9 --speed-copies-members 0,2 {x} {fused}=1", 1, "distinct indices of its 2 members")))
     _embed_refuses(copied, "speed_copies", clips[0], (
-        ({"factors": [0.95]}, "\"below_s\": seconds > 0"), ({"factors": [3], "below_s": 2}, "speeds in [0.5, 2]"),
-        ([0.95, 1.05], "must be {\"factors\""), ({"factors": [0.9], "below_s": 2, "members": [1, 1]}, "distinct indices")))
+        ({"factors": [0.95]}, "\"below_s\": seconds > 0"), ([0.95, 1.05], "must be {\"factors\""),
+        ({"factors": [0.9], "below_s": 2, "members": [1, 1]}, "distinct indices")))
 
 
 def test_speed_plays_a_signal_faster_or_slower_without_aliasing():
