@@ -262,8 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                     "taken out, in (0, 1] (default: %(default)s)")
     ap.add_argument("--speed-copies", type=lambda t: [float(x) for x in t.split(",")], metavar="F,F,...",
                     help="with a fusion: also embed short utterances played at these speeds, and average")
-    ap.add_argument("--speed-copies-below", type=float, default=3.0, help="with --speed-copies: the seconds of "
-                    "speech under which an utterance gets them (default: %(default)s)")
+    ap.add_argument("--speed-copies-below", type=float, help="with --speed-copies: the seconds of speech under "
+                    "which an utterance gets them (default: 3)")
     ap.add_argument("--speed-copies-members", type=lambda t: [int(x) for x in t.split(",")], metavar="I,I,...",
                     help="with --speed-copies: only these members embed the copies (default: all)")
     ap.add_argument("--fit", type=Path, help="with --dim, --center or --local-center: the audio list (training "
@@ -283,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--fit LIST goes with --dim, --center or --local-center")
     if a.ensemble and a.fusion:
         ap.error("--ensemble and --fusion are two ways of running models side by side: choose one")
+    if (a.speed_copies_below is not None or a.speed_copies_members is not None) and not a.speed_copies:
+        ap.error("--speed-copies-below and --speed-copies-members go with --speed-copies F,F")
     if a.long_weights and not a.fusion:
         ap.error("--long-weights goes with --fusion")
     from spkid import modelfile
@@ -303,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.speed_copies:
             if spec.model["name"] != "fusion":
                 raise SpkidError("--speed-copies is a fusion's: pass --fusion, or one fusion MODEL=1")
-            rec = {"factors": a.speed_copies, "below_s": a.speed_copies_below}
+            rec = {"factors": a.speed_copies, "below_s": 3.0 if a.speed_copies_below is None else a.speed_copies_below}
             if a.speed_copies_members is not None:
                 rec["members"] = a.speed_copies_members
             copies = SpeedCopies.from_kwargs({"members": spec.model["kwargs"]["members"], "speed_copies": rec})

@@ -407,11 +407,12 @@ class FusionWeights:
 class SpeedCopies:
     """Test-time augmentation of a fusion's short utterances: an utterance with under `below_s` seconds of speech is
     also embedded played at each speed of `factors` (pitch and tempo together; 0.95 and 1.05 are about 0.85
-    semitone either way), and the unit member embeddings of the original and its copies are averaged. On a second or two of
-    speech an embedding still depends on the exact sounds said; the copies average some of that away (the
-    development suite: pooled EER 6.26 -> 5.88 %, README). Longer speech is embedded once, so the cost stays on short
-    clips, where the networks are fast; so are the overlapping windows of a long recording (`spkid.tracking`). `members`: the members that embed the copies (None: all; a member left out
-    embeds the utterance once). Fusion kwargs `speed_copies`: `{"factors": [...], "below_s": S[, "members": [...]]}`."""
+    semitone either way), and the unit member embeddings of the original and its copies are averaged. On a second
+    or two of speech an embedding still depends on the exact sounds said; the copies average some of that away
+    (the development suite: pooled EER 6.26 -> 5.88 %, README). Longer speech is embedded once, so the cost stays
+    on short clips, where the networks are fast; so are the overlapping windows of a long recording
+    (`spkid.tracking`). `members`: the members that embed the copies (None: all; a member left out embeds the
+    utterance once). Fusion kwargs `speed_copies`: `{"factors": [...], "below_s": S[, "members": [...]]}`."""
 
     factors: tuple[float, ...]
     below_s: float
@@ -430,7 +431,7 @@ class SpeedCopies:
                                                             for f in factors)
               and isinstance(below, (int, float)) and below > 0
               and (members is None or (isinstance(members, list) and members and len(set(members)) == len(members)
-                                       and all(isinstance(i, int) and 0 <= i < n for i in members))))
+                                       and all(type(i) is int and 0 <= i < n for i in members))))
         if not ok:
             raise SpkidError(f"fusion: speed_copies {raw!r} must be {{\"factors\": speeds in [0.5, 2] other than 1, "
                              f"\"below_s\": seconds > 0}}, and optionally \"members\": distinct indices of its {n} members")

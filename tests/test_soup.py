@@ -517,10 +517,12 @@ def test_a_fusion_with_speed_copies_tracks_speakers_and_refuses_bad_records(tmp_
     x = tmp_path / "x.pt"
     _soup_refuses(x, ((f"--speed-copies 0.95 {x} {a}=1", 1, "--speed-copies is a fusion's"),
                       (f"--speed-copies 1,1.05 {x} {fused}=1", 1, "speeds in [0.5, 2] other than 1"),
-                      (f"--speed-copies 0.9 --speed-copies-members 0,2 {x} {fused}=1", 1, "distinct indices of its 2 members")))
+                      (f"--speed-copies 0.9 --speed-copies-members 0,2 {x} {fused}=1", 1, "distinct indices of its 2 members"),
+                      (f"--speed-copies-members 0 {x} {fused}=1", 2, "go with --speed-copies F,F")))
     _embed_refuses(copied, "speed_copies", clips[0], (
         ({"factors": [0.95]}, "\"below_s\": seconds > 0"), ([0.95, 1.05], "must be {\"factors\""),
-        ({"factors": [0.9], "below_s": 2, "members": [1, 1]}, "distinct indices")))
+        ({"factors": [0.9], "below_s": 2, "members": [1, 1]}, "distinct indices"),
+        ({"factors": [0.9], "below_s": 2, "members": [True]}, "distinct indices")))
 
 
 def test_speed_plays_a_signal_faster_or_slower_without_aliasing():
