@@ -49,6 +49,8 @@ import math
 import sys
 from pathlib import Path
 
+SPEED_COPIES_BELOW_S = 3.0  # --speed-copies-below: the seconds of speech under which an utterance gets copies
+
 
 def ingredient(text: str) -> tuple[str, float]:
     model, sep, weight = text.rpartition("=")
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed-copies", type=lambda t: [float(x) for x in t.split(",")], metavar="F,F,...",
                     help="with a fusion: also embed short utterances played at these speeds, and average")
     ap.add_argument("--speed-copies-below", type=float, help="with --speed-copies: the seconds of speech under "
-                    "which an utterance gets them (default: 3)")
+                    f"which an utterance gets them (default: {SPEED_COPIES_BELOW_S:g})")
     ap.add_argument("--speed-copies-members", type=lambda t: [int(x) for x in t.split(",")], metavar="I,I,...",
                     help="with --speed-copies: only these members embed the copies (default: all)")
     ap.add_argument("--fit", type=Path, help="with --dim, --center or --local-center: the audio list (training "
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.speed_copies:
             if spec.model["name"] != "fusion":
                 raise SpkidError("--speed-copies is a fusion's: pass --fusion, or one fusion MODEL=1")
-            rec = {"factors": a.speed_copies, "below_s": 3.0 if a.speed_copies_below is None else a.speed_copies_below}
+            rec = {"factors": a.speed_copies, "below_s": SPEED_COPIES_BELOW_S if a.speed_copies_below is None else a.speed_copies_below}
             if a.speed_copies_members is not None:
                 rec["members"] = a.speed_copies_members
             copies = SpeedCopies.from_kwargs({"members": spec.model["kwargs"]["members"], "speed_copies": rec})
