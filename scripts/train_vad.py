@@ -54,6 +54,9 @@ examples keep target 0. Two things real recordings hold and people do not label 
 - speech too faint to count: 15 % of the examples are played at -85 to -45 dBFS instead of -45 to -12
   (`--quiet-share`), their speech targets times silero-vad's probability on what is played, noise and all.
 Neither is measured on anything trained here: the real labelled recordings of bench/vad.py are the check.
+Off by default, `--turn-share` makes that share of the speech examples meetings of talkers at different levels:
+each utterance is also played 0 to `--turn-db` dB quieter, all of it speech in the targets (the README's VAD
+section has the trials).
 """
 
 from __future__ import annotations
@@ -439,7 +442,8 @@ def babble(rng: np.random.Generator, pools: Pools, x: np.ndarray, lab: np.ndarra
 
 class Pools:
     def __init__(self, speakers: list[str], part: str, unseen: tuple[str, ...] = (),
-                 extra_speech: bool = False, event_share: float = 0.0) -> None:
+                 extra_speech: bool = False, event_share: float = 0.0, turn_share: float = 0.0,
+                 turn_db: float = 0.0) -> None:
         self.speech = [bench.load(f) for s in speakers for f in bench.speaker_files(s)]
         self.extra = [bench.load(f) for f in extra_speech_files()] if extra_speech and part == "train" else []
         clips = real_nonspeech(part, unseen)
@@ -448,6 +452,7 @@ class Pools:
         self.effect = [c.signal for c in clips if c.kind == "effect"]
         self.events = EXTRA_EFFECTS if part == "train" and event_share > 0 else []
         self.event_share = event_share
+        self.turn_share, self.turn_db = turn_share, turn_db
 
 
 def event_track(rng: np.random.Generator, pools: Pools, n: int) -> np.ndarray:
@@ -518,10 +523,12 @@ def faded(x: np.ndarray) -> np.ndarray:
 
 
 def speech_session(rng: np.random.Generator, pools: Pools, n: int,
-                   sparse: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                   sparse: bool = False, turn_db: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Dry speech (utterances with random gaps), n samples, and its 10 ms reference labels. `sparse`: pieces of
     `SPARSE_S` cut from the utterances, `SPARSE_GAP_S` apart: words and short phrases alone, as an
-    `event_track`'s sounds are (else a network learns that a short sound alone is not speech)."""
+    `event_track`'s sounds are (else a network learns that a short sound alone is not speech). `turn_db`: each
+    utterance is also played 0 to `turn_db` dB quieter, turns of talkers at different levels, as in a meeting
+    (all of it speech in the labels)."""
     parts, labels, total = [], [], 0
     first = True
     while total < n + 2 * SR:
@@ -539,7 +546,7 @@ def speech_session(rng: np.random.Generator, pools: Pools, n: int,
             x = faded(x[a : a + m])
         if rng.random() < 0.7:
             x = vary_speed(rng, x, 0.9, 1.1)
-        x = x[: len(x) // HOP * HOP] * 10 ** (rng.uniform(-6, 6) / 20)
+        x = x[: len(x) // HOP * HOP] * 10 ** ((rng.uniform(-6, 6) - (rng.uniform(0, turn_db) if turn_db else 0)) / 20)
         parts.append(x)
         labels.append(bench.reference_labels(x))
         total += gap + len(x)
@@ -561,7 +568,9 @@ def make_example(rng: np.random.Generator, pools: Pools, n: int, share: float, t
         if rng.random() < 0.05:
             x = x * 1e-4
     else:
-        x, lab = speech_session(rng, pools, n, sparse=bool(pools.events) and rng.random() < pools.event_share)
+        sparse = bool(pools.events) and rng.random() < pools.event_share
+        turns = not sparse and bool(pools.turn_share) and rng.random() < pools.turn_share
+        x, lab = speech_session(rng, pools, n, sparse, pools.turn_db if turns else 0.0)
         target = teacher_labels(x, lab) if teacher else lab
         if teacher and babble_share and rng.random() < babble_share:
             x = babble(rng, pools, x, lab)
@@ -587,10 +596,11 @@ def make_example(rng: np.random.Generator, pools: Pools, n: int, share: float, t
 def make_set(seed: int, count: int, speakers: list[str], part: str, fe: Frontend, share: float,
              unseen: tuple[str, ...], teacher: bool = False, extra_speech: bool = False,
              narrowband: bool = False, babble_share: float = 0.0,
-             quiet_share: float = 0.0, event_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+             quiet_share: float = 0.0, event_share: float = 0.0, turn_share: float = 0.0,
+             turn_db: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Features `(count, T, n_mels)` float32 and soft targets `(count, T)` for model frames."""
     rng = np.random.default_rng(seed)
-    pools = Pools(speakers, part, unseen, extra_speech, event_share)
+    pools = Pools(speakers, part, unseen, extra_speech, event_share, turn_share, turn_db)
     n = int(EXAMPLE_S * SR)
     step = fe.hop // HOP
     feats, targets = [], []
@@ -809,6 +819,10 @@ def main() -> None:
     ap.add_argument("--quiet-share", type=float, default=0.15,
                     help="with --teacher silero: share of the examples played at %g to %g dBFS, their speech "
                          "targets times silero-vad's probability on what is played" % QUIET_DB)
+    ap.add_argument("--turn-share", type=float, default=0.0,
+                    help="share of the (whole-utterance) speech examples whose utterances are each played 0 to "
+                         "--turn-db dB quieter: talkers at different levels, all of it speech in the targets")
+    ap.add_argument("--turn-db", type=float, default=25.0, help="with --turn-share: the quietest turn, dB down")
     ap.add_argument("--cache", type=Path, help="keep the synthesised features in this .npz and reuse them")
     args = ap.parse_args()
     if args.combine:
@@ -824,9 +838,11 @@ def main() -> None:
         ap.error("-o/--output is required when training (the shipped model is three networks put together: see --combine)")
     if args.examples < args.batch:
         ap.error(f"--examples ({args.examples}) must be at least --batch ({args.batch})")
-    for name in ("babble_share", "quiet_share", "event_share"):
+    for name in ("babble_share", "quiet_share", "event_share", "turn_share"):
         if not 0 <= getattr(args, name) <= 1:
             ap.error(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    if args.turn_db < 0:
+        ap.error(f"--turn-db is dB down and must be >= 0, got {args.turn_db}")
 
     t0 = time.time()
     fe = Frontend()
@@ -858,7 +874,8 @@ def main() -> None:
     tag = (f"examples={args.examples} seed={args.seed} frontend={fe} share={args.nonspeech_share} unseen={unseen} "
            f"music={[str(d) for d in args.extra_music]} teacher={args.teacher} extra_speech={args.extra_speech} "
            f"narrowband={args.narrowband} babble={args.babble_share} quiet={args.quiet_share} "
-           f"effects={[str(d) for d in effects]} skip={args.skip_effects} events={args.event_share}")
+           f"effects={[str(d) for d in effects]} skip={args.skip_effects} events={args.event_share}"
+           + (f" turns={args.turn_share}/{args.turn_db}" if args.turn_share else ""))
     if args.cache and args.cache.exists() and str(np.load(args.cache)["tag"]) == tag:
         with np.load(args.cache) as z:
             feats, targets = z["feats"], z["targets"]
@@ -871,7 +888,7 @@ def main() -> None:
         half = args.examples // 2
         jobs = [(args.seed * 1000 + i, c, train_spk, "train", fe, args.nonspeech_share, unseen, teacher,
                  args.extra_speech, args.narrowband, args.babble_share, args.quiet_share,
-                 args.event_share if effects else 0.0)
+                 args.event_share if effects else 0.0, args.turn_share, args.turn_db)
                 for i, c in enumerate((half, args.examples - half))]
         # fork before torch is imported: the workers inherit this module (and bench's) as they are
         with multiprocessing.get_context("fork").Pool(2) as pool:

@@ -417,25 +417,51 @@ def test_a_locally_centred_member_loses_the_mean_of_its_nearest_training_speaker
 
 def _soup_refuses(out: Path, cases) -> None:
     """Each (arguments, exit code, message) of `cases` is refused: argparse's usage error (2) or one line (1),
-    and `out` is never written."""
-    for args, code, message in cases:
-        proc = sh(f"{SOUP} {args}")
-        err = proc.stderr.decode()
-        assert proc.returncode == code and message in err and (code == 2 or err.count("\n") == 1), err
+    and `out` is never written. The first case runs as a user runs soup.py; the others call its `main` here, the same
+    code without a Python start-up and torch import each."""
+    import contextlib
+    import importlib.util
+    import io
+    import shlex
+
+    spec = importlib.util.spec_from_file_location("soup_for_tests", REPO / "recipes" / "soup.py")
+    soup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(soup)
+    for i, (args, code, message) in enumerate(cases):
+        if i == 0:
+            proc = sh(f"{SOUP} {args}")
+            returncode, err = proc.returncode, proc.stderr.decode()
+        else:
+            with contextlib.redirect_stderr(io.StringIO()) as buf:
+                try:
+                    returncode = soup.main(shlex.split(args))
+                except SystemExit as e:  # argparse's usage errors
+                    returncode = e.code
+            err = buf.getvalue()
+        assert returncode == code and message in err and (code == 2 or err.count("\n") == 1), err
     assert not out.exists()
 
 
 def _embed_refuses(model: Path, key: str, clip: Path, cases) -> None:
     """`spkid embed` refuses `model` with its fusion kwargs' `key` replaced by each bad value of `cases`, in one
-    line naming what is wrong."""
+    line naming what is wrong: the first as a user runs it, the others where the CLI's loading of it fails
+    (`Embedder.from_model`), without a process and a torch import each."""
+    from spkid.embedding import Embedder
+    from spkid.errors import SpkidError
+
     spec, state = modelfile.read(model)
     bad_model = model.with_name("bad.pt")
-    for bad, message in cases:
+    for i, (bad, message) in enumerate(cases):
         spec.model["kwargs"][key] = bad
         modelfile.save_state(bad_model, spec, state)
-        out = sh(f"spkid embed {clip} -m {bad_model}")
-        err = out.stderr.decode()
-        assert out.returncode == 1 and out.stdout == b"" and err.count("\n") == 1 and message in err, err
+        if i == 0:
+            out = sh(f"spkid embed {clip} -m {bad_model}")
+            err = out.stderr.decode()
+            assert out.returncode == 1 and out.stdout == b"" and err.count("\n") == 1 and message in err, err
+        else:
+            with pytest.raises(SpkidError) as e:
+                Embedder.from_model(str(bad_model))
+            assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
 def _copies_models(tmp_path: Path, below: float, *extra: str) -> tuple[Path, Path, Path]:

@@ -273,6 +273,29 @@ def _one_network(path, out, **meta_changes):
     return out
 
 
+def test_training_turns_at_different_levels_stay_speech():
+    """`--turn-share`'s sessions (`speech_session(turn_db=...)`): each utterance is played up to `turn_db` dB quieter
+    than the +-6 dB of gain every utterance gets, so the loudest and quietest turns lie further apart, and all of
+    every turn is still speech in the labels."""
+    from types import SimpleNamespace
+
+    tv = _train_vad()
+    tone = (0.1 * np.sin(2 * np.pi * 200 * np.arange(8000) / SR)).astype(np.float32)  # one 0.5 s utterance
+    pools = SimpleNamespace(speech=[tone], extra=[])
+    n = 600 * SR
+
+    def turn_levels(turn_db):
+        rng = np.random.default_rng(3)
+        x, lab = tv.speech_session(rng, pools, n, turn_db=turn_db)
+        rms = np.sqrt(np.mean(x[: len(lab) * 160].reshape(-1, 160) ** 2, axis=1))
+        assert (lab == (rms > 0)).mean() > 0.99  # every sounding frame is speech, every silent one is not
+        db = 20 * np.log10(rms[lab & (rms > 0)])
+        return np.percentile(db, 99.5) - np.percentile(db, 0.5)
+
+    plain, turns = turn_levels(0.0), turn_levels(25.0)
+    assert 10 < plain < 13.5 and 30 < turns < 38.5, (plain, turns)
+
+
 def test_combined_networks_average_their_probabilities(tmp_path):
     """`scripts/train_vad.py --combine`: one model file whose probability is the weighted mean of its networks' on
     real speech, each network's metadata kept, the shipped model's form; a file that is not one network, or one on
