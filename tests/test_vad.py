@@ -243,6 +243,8 @@ def test_training_script_smoke(shared_data, tmp_path):
     assert share.returncode == 2 and "--quiet-share must be in [0, 1], got 1.5" in share.stderr
     share = subprocess.run([*script, "--event-share", "-0.1", "--extra-music", music], capture_output=True, text=True)
     assert share.returncode == 2 and "--event-share must be in [0, 1], got -0.1" in share.stderr
+    depth = subprocess.run([*script, "--turn-share", "0.2", "--turn-db", "-5"], capture_output=True, text=True)
+    assert depth.returncode == 2 and "--turn-db is dB down and must be >= 0, got -5.0" in depth.stderr
     if teacher == "silero":
         gone = subprocess.run([*script, "--extra-music", music, "--event-share", "0.1",
                                "--extra-effects", tmp_path / "none"], capture_output=True, text=True)
