@@ -39,10 +39,10 @@ _spkid_completion() {
                 -f|--format) COMPREPLY=($(compgen -W 'flac wav' -- "$cur")); return 0 ;;
                 -a|--threshold|--neg-threshold|--frame|--hop|--min-speech|--min-silence|--padding|-j|--jobs|--shard|--label-depth) return 0 ;;
                 --engine) COMPREPLY=($(compgen -W 'spkid silero' -- "$cur")); return 0 ;;
-                -o|--output) compopt -o default 2>/dev/null; return 0 ;;
+                -m|--model|-o|--output) compopt -o default 2>/dev/null; return 0 ;;
             esac
             case $cur in
-                -*) COMPREPLY=($(compgen -W '--segments --trim -d --out-dir -f --format -a --threshold --neg-threshold --frame --hop --min-speech --min-silence --padding --engine -o --output --root -j --jobs --shard --skip-bad --overwrite --label-depth -h --help' -- "$cur")) ;;
+                -*) COMPREPLY=($(compgen -W '--segments --trim -d --out-dir -f --format -a --threshold --neg-threshold --frame --hop --min-speech --min-silence --padding --engine -m --model -o --output --root -j --jobs --shard --skip-bad --overwrite --label-depth -h --help' -- "$cur")) ;;
                 *) compopt -o default 2>/dev/null ;;
             esac ;;
         features)

@@ -42,6 +42,7 @@ complete -c spkid -n '__fish_seen_subcommand_from vad' -l min-speech -x -d 'Drop
 complete -c spkid -n '__fish_seen_subcommand_from vad' -l min-silence -x -d 'Fill pauses shorter than this'
 complete -c spkid -n '__fish_seen_subcommand_from vad' -l padding -x -d 'Seconds added to both ends of each segment'
 complete -c spkid -n '__fish_seen_subcommand_from vad' -l engine -x -a 'spkid silero' -d 'Speech probabilities from spkid'\''s network, or from silero-vad through onnxruntime (needs `pip install silero-vad --no-deps`; no torch)'
+complete -c spkid -n '__fish_seen_subcommand_from vad' -s m -l model -r -F -d 'spkid'\''s VAD networks from this .npz (written by scripts/train_vad.py) instead of the bundled spkid/data/vad.npz'
 complete -c spkid -n '__fish_seen_subcommand_from vad' -s o -l output -r -F -d 'Write to FILE (atomically) instead of stdout'
 complete -c spkid -n '__fish_seen_subcommand_from vad' -l root -x -a '(__fish_complete_directories)' -d 'Strip this folder from input paths to lay out outputs (default: the inputs'\'' common folder)'
 complete -c spkid -n '__fish_seen_subcommand_from vad' -s j -l jobs -x -d 'Parallel worker processes (joblib)'

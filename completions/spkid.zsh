@@ -70,6 +70,8 @@ _spkid() {
                         '(--min-silence)--min-silence=[Fill pauses shorter than this]:S: ' \
                         '(--padding)--padding=[Seconds added to both ends of each segment]:S: ' \
                         '(--engine)--engine=[Speech probabilities from spkid'\''s network, or from silero-vad through onnxruntime (needs `pip install silero-vad --no-deps`; no torch)]:ENGINE:(spkid silero)' \
+                        '(-m --model)-m+[spkid'\''s VAD networks from this .npz (written by scripts/train_vad.py) instead of the bundled spkid/data/vad.npz]:FILE:_files' \
+                        '(-m --model)--model=[spkid'\''s VAD networks from this .npz (written by scripts/train_vad.py) instead of the bundled spkid/data/vad.npz]:FILE:_files' \
                         '(-o --output)-o+[Write to FILE (atomically) instead of stdout]:FILE:_files' \
                         '(-o --output)--output=[Write to FILE (atomically) instead of stdout]:FILE:_files' \
                         '(--root)--root=[Strip this folder from input paths to lay out outputs (default\: the inputs'\'' common folder)]:DIR:_files -/' \

@@ -116,23 +116,36 @@ class VadModel:
     --combine`; the members' own metadata under `meta["members"]`), from a `.npz` written by scripts/train_vad.py."""
 
     def __init__(self, path: str | Path = MODEL_PATH) -> None:
+        hint = "reinstall spkid" if Path(path).parent == MODEL_PATH.parent else "a .npz of scripts/train_vad.py"
         try:
             z = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as e:
-            raise SpkidError(f"{path}: cannot read the VAD model ({e}); reinstall spkid or retrain it") from None
-        with z:
-            self.meta = json.loads(str(z["meta"]))
-            w = {k: z[k].astype(np.float32) for k in z.files if k != "meta"}
-        self.frontend = Frontend(**self.meta["frontend"])
-        self.hop = self.frontend.hop
-        if self.hop % FRAME_SHIFT:
-            raise SpkidError(f"{path}: model hop {self.hop} is not a multiple of {FRAME_SHIFT} samples")
-        if self.meta["format"] == "spkid-vad/2":
-            members = self.meta["members"]
-            self.nets = [_Net(w, m["dilations"], f"m{i}.") for i, m in enumerate(members)]
-            self.weights = [float(v) for v in self.meta["weights"]]
-        else:
-            self.nets, self.weights = [_Net(w, self.meta["dilations"])], [1.0]
+            raise SpkidError(f"{path}: cannot read the VAD model ({e}); {hint}") from None
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise SpkidError(f"{path}: not a VAD model ({hint})")
+        try:
+            with z:
+                self.meta = json.loads(str(z["meta"]))
+                w = {k: z[k].astype(np.float32) for k in z.files if k != "meta"}
+            if self.meta.get("format") not in ("spkid-vad/1", "spkid-vad/2"):
+                raise SpkidError(f"{path}: format {self.meta.get('format')!r} is not spkid-vad/1 or /2")
+            self.frontend = Frontend(**self.meta["frontend"])
+            if self.meta["format"] == "spkid-vad/2":
+                members = self.meta["members"]
+                self.nets = [_Net(w, m["dilations"], f"m{i}.") for i, m in enumerate(members)]
+                self.weights = [float(v) for v in self.meta["weights"]]
+            else:
+                self.nets, self.weights = [_Net(w, self.meta["dilations"])], [1.0]
+            self.hop = self.frontend.hop
+            if self.hop % FRAME_SHIFT:
+                raise SpkidError(f"{path}: model hop {self.hop} is not a multiple of {FRAME_SHIFT} samples")
+            if len(self.weights) != len(self.nets):
+                raise SpkidError(f"{path}: {len(self.weights)} weights for {len(self.nets)} networks")
+            self.forward(np.zeros((1, self.frontend.n_mels + self.frontend.n_lin), np.float32))  # the arrays fit
+        except SpkidError:
+            raise
+        except (KeyError, ValueError, TypeError, AttributeError) as e:  # a field or an array missing or misshapen
+            raise SpkidError(f"{path}: not a usable VAD model ({type(e).__name__}: {e})") from None
 
     def features(self, x: np.ndarray) -> np.ndarray:
         """Front-end features `(ceil(len / hop), n_mels + n_lin)` float32 (see `Frontend`)."""

@@ -201,3 +201,46 @@ def test_vad_command_never_imports_torch(wav_list, tmp_path):
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     assert np.load(tmp_path / "o.npy").shape[1] == 3
+
+
+def test_model_option_runs_a_network_file_of_the_training_script(speech_list, tmp_path):
+    """`-m FILE`: the networks of a scripts/train_vad.py file instead of the bundled ones (here embed's own
+    network, a `spkid-vad/1` file): the segments spkid.vad gives with that file, for a list and for --trim with
+    two jobs; a file that is not a usable VAD model is refused in one line before any audio is read, and
+    `--engine silero` does not take it."""
+    import json
+
+    from spkid import vad
+
+    lst, _ = speech_list
+    own = vad.EMBED_MODEL_PATH
+    paths = lst.read_text().split()
+    want = [vad.segments(sf.read(p, dtype="float32")[0], SR, vad.VadConfig(), vad.VadModel(own)) for p in paths]
+    got = load_npy(sh(f"spkid vad --segments -m {own} {lst}", check=True).stdout)
+    assert got.tolist() == [[i, a, b] for i, segs in enumerate(want) for a, b in segs]
+    bundled = load_npy(sh(f"spkid vad --segments {lst}", check=True).stdout)
+    assert bundled.tolist() != got.tolist()  # the other networks do draw other edges
+    proc = sh(f"spkid vad --trim -d {tmp_path / 'v'} -j 2 -m {own} {lst}", check=True)
+    trimmed = [line.split("\t")[0] for line in proc.stdout.decode().splitlines()]
+    assert [sf.info(p).frames for p in trimmed] == [int(sum(b - a for a, b in segs)) for segs in want]
+
+    with np.load(own) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    np.savez(tmp_path / "no_meta.npz", **{k: v for k, v in arrays.items() if k != "meta"})
+    np.savez(tmp_path / "pickled.npz", meta=np.array([{"format": "spkid-vad/1"}], dtype=object))
+    np.savez(tmp_path / "other.npz", **dict(arrays, meta=np.array(json.dumps(dict(meta, format="x/1")))))
+    np.savez(tmp_path / "short.npz", **{k: v for k, v in arrays.items() if k != "block2.w"})
+    np.savez(tmp_path / "misfit.npz", **dict(arrays, **{"block2.w": arrays["block2.w"][:, :7]}))
+    (tmp_path / "text.npz").write_text("not a model\n")
+    for name, why in (("array.npy", "not a VAD model"), ("no_meta.npz", "not a usable VAD model (KeyError"),
+                      ("pickled.npz", "not a usable VAD model (ValueError"), ("other.npz", "format 'x/1' is not"),
+                      ("short.npz", "not a usable VAD model (KeyError"), ("misfit.npz", "not a usable VAD model"),
+                      ("text.npz", "cannot read the VAD model"), ("gone.npz", "cannot read the VAD model")):
+        proc = sh(f"spkid vad --segments -m {tmp_path / name} {tmp_path / 'nowhere.wav'}")
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and proc.stdout == b"" and err.count("\n") == 1, (name, err)
+        assert err.startswith(f"spkid vad: error: {tmp_path / name}: ") and why in err, (name, err)
+    proc = sh(f"spkid vad --segments -m {own} --engine silero {lst}")
+    assert proc.returncode == 2 and "--engine silero runs silero-vad's own" in proc.stderr.decode()

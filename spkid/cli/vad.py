@@ -24,24 +24,25 @@ app = typer.Typer(rich_markup_mode=None)
 _D = VadConfig()
 
 
-def _find(x: np.ndarray, cfg: VadConfig, engine: str) -> np.ndarray:
-    """The segments of `x` with spkid's network or silero-vad's probabilities, the same post-processing."""
+def _find(x: np.ndarray, cfg: VadConfig, engine: str, model: str | None = None) -> np.ndarray:
+    """The segments of `x` with spkid's network (`model`: another network file, loaded once per process) or
+    silero-vad's probabilities, the same post-processing."""
     if engine == "silero":
         from spkid import vadsilero
 
         return core.segments_from_prob(vadsilero.speech_prob(core.check_signal(x, SAMPLE_RATE)), len(x), cfg)
-    return core.segments(x, SAMPLE_RATE, cfg)
+    return core.segments(x, SAMPLE_RATE, cfg, core.load_model(model) if model else None)
 
 
-def _detect(entry: Entry, *, cfg: VadConfig, engine: str = "spkid") -> tuple[np.ndarray, int]:
+def _detect(entry: Entry, *, cfg: VadConfig, engine: str = "spkid", model: str | None = None) -> tuple[np.ndarray, int]:
     x = audio.load_expected(entry.path, SAMPLE_RATE)
-    return _find(x, cfg, engine), len(x)
+    return _find(x, cfg, engine, model), len(x)
 
 
 def _trim_one(entry: Entry, *, cfg: VadConfig, out_dir: str, root: Path, fmt: str,
-              engine: str = "spkid") -> tuple[np.ndarray, int]:
+              engine: str = "spkid", model: str | None = None) -> tuple[np.ndarray, int]:
     x = audio.load_expected(entry.path, SAMPLE_RATE)
-    segs = _find(x, cfg, engine)
+    segs = _find(x, cfg, engine, model)
     if len(segs):
         dst = lists.output_path(entry.path, out_dir, root, audio.FORMATS[fmt][1])
         audio.write(dst, (x[a:b] for a, b in segs), SAMPLE_RATE, fmt)  # the voiced segments, not joined in memory
@@ -73,6 +74,7 @@ def vad(
     min_silence: Annotated[float, typer.Option("--min-silence", metavar="S", help="Fill pauses shorter than this.")] = _D.min_silence,
     padding: Annotated[float, typer.Option("--padding", metavar="S", help="Seconds added to both ends of each segment.")] = _D.padding,
     engine: Annotated[Literal["spkid", "silero"], typer.Option("--engine", help="Speech probabilities from spkid's network, or from silero-vad through onnxruntime (needs `pip install silero-vad --no-deps`; no torch).")] = "spkid",
+    model: Annotated[Path | None, typer.Option("--model", "-m", metavar="FILE", help="spkid's VAD networks from this .npz (written by scripts/train_vad.py) instead of the bundled spkid/data/vad.npz.")] = None,
     output: OutputOpt = None,
     root: RootOpt = None,
     jobs: JobsOpt = 1,
@@ -94,7 +96,7 @@ def vad(
     A file with no voice gets [0, 0] and a warning (with --trim it is left out of the list). Rows of items
     skipped by --skip-bad are [0, 0] too, so row i stays entry i. Stereo or non-16 kHz audio is refused:
     run `spkid convert` first. The detector is three small numpy networks that tell speech from noise, music and
-    sound events (spkid/data/vad.npz); it never imports torch. The defaults put segment edges where people label them (pauses
+    sound events (spkid/data/vad.npz, or -m FILE from scripts/train_vad.py); it never imports torch. The defaults put segment edges where people label them (pauses
     from 0.1 s kept apart, 0.05 s padding); `embed` trims more generously on its own. --engine silero takes the
     probabilities from silero-vad instead (its weights, through onnxruntime: `pip install silero-vad --no-deps`).
 
@@ -116,6 +118,11 @@ def vad(
         raise typer.BadParameter("--segments writes every segment; it takes no LENGTH")
     if not trim:
         streams.check_binary_output(output)  # before any work
+    if model and engine == "silero":
+        raise typer.BadParameter("-m/--model is a file of spkid's networks; --engine silero runs silero-vad's own")
+    net = str(model) if model else None
+    if net:
+        core.load_model(net)  # a file that is not a VAD model fails once, before any audio is read
     cfg = VadConfig(frame=frame, hop=hop, threshold=threshold, neg_threshold=neg_threshold,
                     min_speech=min_speech, min_silence=min_silence, padding=padding)
     everything = streams.read_list(inputs, label_depth, "vad")
@@ -124,13 +131,14 @@ def vad(
     if trim:
         # the layout below --root is the whole list's, so every shard writes where an unsharded run would
         base = Path(root) if root else lists.default_root([e.path for e in everything])
-        _run_trim(entries, cfg, out_dir, base, fmt, jobs=jobs, skip_bad=skip_bad, overwrite=overwrite, engine=engine)
+        _run_trim(entries, cfg, out_dir, base, fmt, jobs=jobs, skip_bad=skip_bad, overwrite=overwrite, engine=engine,
+                  model=net)
         return
     if engine == "silero":
         from spkid import vadsilero
 
         vadsilero.model_path()  # a missing package fails once, before any file is read
-    results = map_entries(partial(_detect, cfg=cfg, engine=engine), entries, jobs=jobs, skip_bad=skip_bad, desc="vad")
+    results = map_entries(partial(_detect, cfg=cfg, engine=engine, model=net), entries, jobs=jobs, skip_bad=skip_bad, desc="vad")
     done = {e.path: r for e, r in results}
     rows = []
     for pos, e in zip(positions, entries):
@@ -148,10 +156,10 @@ def vad(
 
 
 def _run_trim(entries: list[Entry], cfg: VadConfig, out_dir: str, base: Path, fmt: str, *,
-              jobs: int, skip_bad: bool, overwrite: bool, engine: str = "spkid") -> None:
+              jobs: int, skip_bad: bool, overwrite: bool, engine: str = "spkid", model: str | None = None) -> None:
     suffix = audio.FORMATS[fmt][1]
     planned = [lists.output_path(e.path, out_dir, base, suffix) for e in entries]
-    fn = partial(_trim_one, cfg=cfg, out_dir=out_dir, root=base, fmt=fmt, engine=engine)
+    fn = partial(_trim_one, cfg=cfg, out_dir=out_dir, root=base, fmt=fmt, engine=engine, model=model)
     out = write_outputs(fn, entries, planned, overwrite=overwrite, jobs=jobs, skip_bad=skip_bad, desc="vad")
     results = {path: segs for path, (segs, _) in out.results.items()}
     listed = []
