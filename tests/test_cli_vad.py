@@ -233,10 +233,16 @@ def test_model_option_runs_a_network_file_of_the_training_script(speech_list, tm
     np.savez(tmp_path / "other.npz", **dict(arrays, meta=np.array(json.dumps(dict(meta, format="x/1")))))
     np.savez(tmp_path / "short.npz", **{k: v for k, v in arrays.items() if k != "block2.w"})
     np.savez(tmp_path / "misfit.npz", **dict(arrays, **{"block2.w": arrays["block2.w"][:, :7]}))
+    odd_hop = dict(meta, frontend=dict(meta["frontend"], hop=170))
+    np.savez(tmp_path / "hop.npz", **dict(arrays, meta=np.array(json.dumps(odd_hop))))
+    two = dict(meta, format="spkid-vad/2", members=[meta, meta], weights=[1.0])  # two networks, one weight
+    np.savez(tmp_path / "weights.npz", meta=np.array(json.dumps(two)),
+             **{f"m{i}.{k}": v for i in (0, 1) for k, v in arrays.items() if k != "meta"})
     (tmp_path / "text.npz").write_text("not a model\n")
     for name, why in (("array.npy", "not a VAD model"), ("no_meta.npz", "not a usable VAD model (KeyError"),
                       ("pickled.npz", "not a usable VAD model (ValueError"), ("other.npz", "format 'x/1' is not"),
                       ("short.npz", "not a usable VAD model (KeyError"), ("misfit.npz", "not a usable VAD model"),
+                      ("hop.npz", "model hop 170 is not a multiple of 160"), ("weights.npz", "1 weights for 2 networks"),
                       ("text.npz", "cannot read the VAD model"), ("gone.npz", "cannot read the VAD model")):
         proc = sh(f"spkid vad --segments -m {tmp_path / name} {tmp_path / 'nowhere.wav'}")
         err = proc.stderr.decode()

@@ -96,9 +96,10 @@ def vad(
     A file with no voice gets [0, 0] and a warning (with --trim it is left out of the list). Rows of items
     skipped by --skip-bad are [0, 0] too, so row i stays entry i. Stereo or non-16 kHz audio is refused:
     run `spkid convert` first. The detector is three small numpy networks that tell speech from noise, music and
-    sound events (spkid/data/vad.npz, or -m FILE from scripts/train_vad.py); it never imports torch. The defaults put segment edges where people label them (pauses
-    from 0.1 s kept apart, 0.05 s padding); `embed` trims more generously on its own. --engine silero takes the
-    probabilities from silero-vad instead (its weights, through onnxruntime: `pip install silero-vad --no-deps`).
+    sound events (spkid/data/vad.npz, or -m FILE from scripts/train_vad.py); it never imports torch. The defaults
+    put segment edges where people label them (pauses from 0.1 s kept apart, 0.05 s padding); `embed` trims more
+    generously on its own. --engine silero takes the probabilities from silero-vad instead (its weights, through
+    onnxruntime: `pip install silero-vad --no-deps`).
 
     \b
     Examples:
@@ -138,7 +139,8 @@ def vad(
         from spkid import vadsilero
 
         vadsilero.model_path()  # a missing package fails once, before any file is read
-    results = map_entries(partial(_detect, cfg=cfg, engine=engine, model=net), entries, jobs=jobs, skip_bad=skip_bad, desc="vad")
+    results = map_entries(partial(_detect, cfg=cfg, engine=engine, model=net), entries, jobs=jobs, skip_bad=skip_bad,
+                          desc="vad")
     done = {e.path: r for e, r in results}
     rows = []
     for pos, e in zip(positions, entries):
