@@ -56,7 +56,9 @@ examples keep target 0. Two things real recordings hold and people do not label 
 Neither is measured on anything trained here: the real labelled recordings of bench/vad.py are the check.
 Off by default, `--turn-share` makes that share of the speech examples meetings of talkers at different levels:
 each utterance is also played 0 to `--turn-db` dB quieter, all of it speech in the targets (the README's VAD
-section has the trials).
+section has the trials). `--distill NPZ` moves the targets a `--distill-weight` of the way to a model's
+probabilities on each example (the shipped networks' mean, for one network to learn what three agree on: a third of
+the time; the README's VAD section has the trial).
 """
 
 from __future__ import annotations
@@ -612,6 +614,13 @@ def make_set(seed: int, count: int, speakers: list[str], part: str, fe: Frontend
     return np.stack(feats).astype(np.float32), np.stack(targets).astype(np.float32)
 
 
+def distilled(model, feats: np.ndarray, targets: np.ndarray, weight: float) -> np.ndarray:
+    """Targets `(count, T)` moved a `weight` of the way to `model`'s probabilities on the features `(count, T, F)`
+    (a `spkid.vad.VadModel`: one network, or the mean of several that one network is to learn)."""
+    soft = np.stack([model.forward(f) for f in feats])
+    return ((1 - weight) * targets + weight * soft).astype(np.float32)
+
+
 def build_torch_model(n_in: int, channels: int):
     import torch
     from torch import nn
@@ -823,6 +832,11 @@ def main() -> None:
                     help="share of the (whole-utterance) speech examples whose utterances are each played 0 to "
                          "--turn-db dB quieter: talkers at different levels, all of it speech in the targets")
     ap.add_argument("--turn-db", type=float, default=25.0, help="with --turn-share: the quietest turn, dB down")
+    ap.add_argument("--distill", type=Path, metavar="NPZ",
+                    help="a VAD model file (one network or several put together) whose probability on each "
+                         "example joins the targets: one network learns what several agree on")
+    ap.add_argument("--distill-weight", type=float, default=0.5,
+                    help="with --distill: the model's share of the targets (the rest: the labels)")
     ap.add_argument("--cache", type=Path, help="keep the synthesised features in this .npz and reuse them")
     args = ap.parse_args()
     if args.combine:
@@ -838,7 +852,7 @@ def main() -> None:
         ap.error("-o/--output is required when training (the shipped model is three networks put together: see --combine)")
     if args.examples < args.batch:
         ap.error(f"--examples ({args.examples}) must be at least --batch ({args.batch})")
-    for name in ("babble_share", "quiet_share", "event_share", "turn_share"):
+    for name in ("babble_share", "quiet_share", "event_share", "turn_share", "distill_weight"):
         if not 0 <= getattr(args, name) <= 1:
             ap.error(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
     if args.turn_db < 0:
@@ -846,6 +860,16 @@ def main() -> None:
 
     t0 = time.time()
     fe = Frontend()
+    if args.distill:
+        from spkid.errors import SpkidError
+        from spkid.vad import VadModel
+
+        try:
+            distill = VadModel(args.distill)
+        except SpkidError as e:
+            raise SystemExit(f"train_vad.py: --distill: {e}") from None
+        if distill.frontend != fe:
+            raise SystemExit(f"train_vad.py: --distill: {args.distill}: its front end is not this script's")
     train_spk, dev_spk = split_speakers()
     unseen = tuple(args.unseen_music)
     unseen_clips(unseen)
@@ -897,6 +921,8 @@ def main() -> None:
         targets = np.concatenate([p[1] for p in parts])
         if args.cache:
             np.savez(args.cache, tag=np.array(tag), feats=feats, targets=targets)
+    if args.distill:  # after the cache: the same examples serve any model and weight
+        targets = distilled(distill, feats, targets, args.distill_weight)
     import torch
 
     torch.manual_seed(args.seed)

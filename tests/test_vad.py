@@ -298,6 +298,35 @@ def test_training_turns_at_different_levels_stay_speech():
     assert 10 < plain < 13.5 and 30 < turns < 38.5, (plain, turns)
 
 
+def test_distilled_targets_move_toward_the_model(tmp_path):
+    """`scripts/train_vad.py --distill NPZ --distill-weight W`: each example's targets move W of the way to that
+    model's probabilities on its features (the shipped three networks' mean, for one network to learn); a file
+    that is not a VAD model, or one on another front end, is refused in one line before any data is made."""
+    tv = _train_vad()
+    model = vad.load_model()
+    x, _ = sf.read(REPO / "tests" / "data" / "pyannote_sample.flac", dtype="float32")
+    feats = np.stack([model.features(x[: 6 * SR]), model.features(x[6 * SR : 12 * SR])])  # two 6 s examples
+    labels = np.zeros(feats.shape[:2], np.float32)
+    labels[:, 100:200] = 1.0
+    want = np.stack([model.forward(f) for f in feats])
+    assert 0.2 < want.mean() < 0.8  # speech and pauses: the model's probabilities are not the labels
+    np.testing.assert_allclose(tv.distilled(model, feats, labels, 1.0), want, atol=1e-6)
+    np.testing.assert_allclose(tv.distilled(model, feats, labels, 0.3), 0.7 * labels + 0.3 * want, atol=1e-6)
+    np.testing.assert_array_equal(tv.distilled(model, feats, labels, 0.0), labels)
+    other = _one_network(vad.EMBED_MODEL_PATH, tmp_path / "other.npz",
+                         frontend=dict(vad.VadModel(vad.EMBED_MODEL_PATH).meta["frontend"], hop=640))
+    (tmp_path / "notes.npz").write_text("not a model")
+    script = [sys.executable, REPO / "scripts" / "train_vad.py", "-o", tmp_path / "never.npz"]
+    for args, code, why in (
+            (["--distill", other], 1, f"train_vad.py: --distill: {other}: its front end is not this script's\n"),
+            (["--distill", tmp_path / "notes.npz"], 1, f"train_vad.py: --distill: {tmp_path / 'notes.npz'}: cannot"),
+            (["--distill", other, "--distill-weight", "1.5"], 2, "--distill-weight must be in [0, 1], got 1.5")):
+        proc = subprocess.run([*script, *args], capture_output=True, text=True)
+        assert proc.returncode == code and why in proc.stderr, proc.stderr
+        assert code == 2 or proc.stderr.count("\n") == 1  # one line, no traceback
+    assert not (tmp_path / "never.npz").exists()
+
+
 def test_combined_networks_average_their_probabilities(tmp_path):
     """`scripts/train_vad.py --combine`: one model file whose probability is the weighted mean of its networks' on
     real speech, each network's metadata kept, the shipped model's form; a file that is not one network, or one on
