@@ -57,8 +57,8 @@ Neither is measured on anything trained here: the real labelled recordings of be
 Off by default, `--turn-share` makes that share of the speech examples meetings of talkers at different levels:
 each utterance is also played 0 to `--turn-db` dB quieter, all of it speech in the targets (the README's VAD
 section has the trials). `--distill NPZ` moves the targets a `--distill-weight` of the way to a model's
-probabilities on each example (the shipped networks' mean, for one network to learn what three agree on: a third of
-the time; the README's VAD section has the trial).
+probabilities on each example (the shipped networks' mean, for one network to learn what three agree on, to run in
+a third of their time; the README's VAD section has the trial: not shipped).
 """
 
 from __future__ import annotations
